@@ -1,0 +1,229 @@
+use super::status::ExternalKeyStoreStatus;
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+/// An AWS KMS external key store (XKS), declared.
+///
+/// The operator creates or adopts the store, keeps its proxy configuration and
+/// connection state as declared, and runs disconnect → update → health check →
+/// reconnect when a change needs the store disconnected.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "xks-operator.io",
+    version = "v1alpha1",
+    kind = "ExternalKeyStore",
+    plural = "externalkeystores",
+    shortname = "xks",
+    category = "kms",
+    namespaced,
+    cel,
+    status = "ExternalKeyStoreStatus",
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(name = "State", type_ = "string", json_path = ".status.connectionState"),
+    printcolumn(name = "KeyStoreId", type_ = "string", json_path = ".status.keyStoreId"),
+    printcolumn(name = "Endpoint", type_ = "string", json_path = ".spec.proxy.uriEndpoint"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[x_kube(validation = Rule::new(
+    "!has(oldSelf.keyStoreId) || (has(self.keyStoreId) && self.keyStoreId == oldSelf.keyStoreId)"
+).message("keyStoreId is immutable once set: create a new resource to manage another store"))]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalKeyStoreSpec {
+    /// KMS `CustomKeyStoreName`, unique in the account and Region. Defaults to
+    /// `metadata.name`. It appears in CloudTrail logs: put no secret in it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub key_store_name: Option<String>,
+
+    /// AWS Region of the store. Defaults to the operator's AWS configuration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^[a-z]{2}(-[a-z]+)+-[0-9]+$')").message("region must look like eu-west-1"))]
+    pub region: Option<String>,
+
+    /// Adopt exactly this existing store (`cks-...`) instead of creating or
+    /// adopting by name. Immutable once set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub key_store_id: Option<String>,
+
+    /// How KMS reaches the external key store proxy.
+    pub proxy: ProxySpec,
+
+    /// Desired connection state of the store.
+    #[serde(default)]
+    pub connection_state: DesiredConnectionState,
+
+    /// What deleting this resource does to the store. `Retain` (default) leaves
+    /// it untouched; `Delete` disconnects and deletes it (refused by KMS while
+    /// it still holds KMS keys).
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+
+    /// `Full` manages the store; `ObserveOnly` reports drift and the plan but
+    /// changes nothing.
+    #[serde(default)]
+    pub management_policy: ManagementPolicy,
+
+    /// `RequireApproval` stops before any disconnect until the annotation
+    /// `xks-operator.io/approve-generation` equals `metadata.generation`.
+    #[serde(default)]
+    pub disruptive_updates: DisruptiveUpdates,
+
+    /// `Direct` (default): the operator itself calls the new proxy
+    /// (GetHealthStatus, and GetKeyMetadata for every key of the store) before
+    /// any disconnect. `KmsOnly`: skip those calls, for proxies the cluster
+    /// cannot reach (VPC-only); KMS still health-checks the new values on
+    /// update and connect. The status says when checks were skipped.
+    #[serde(default)]
+    pub proxy_checks: ProxyChecks,
+
+    /// `Automatic` (default): if the store fails to connect after a disruptive
+    /// update, restore the previous proxy location and reconnect.
+    #[serde(default)]
+    pub rollback: RollbackPolicy,
+
+    /// Interval of the drift check against KMS, e.g. `5m`, `30s`, `1h`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^[0-9]+(s|m|h)$')").message("driftInterval must be a number followed by s, m or h, e.g. 5m"))]
+    pub drift_interval: Option<String>,
+
+    /// Stop all reconciliation (checked before any AWS call).
+    #[serde(default)]
+    pub suspend: bool,
+}
+
+/// The proxy configuration (`XksProxy*` fields of KMS).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new(
+    "self.connectivity != 'VpcEndpointService' || has(self.vpcEndpointService)"
+).message("proxy.vpcEndpointService is required when connectivity is VpcEndpointService"))]
+#[x_kube(validation = Rule::new(
+    "self.connectivity != 'PublicEndpoint' || !has(self.vpcEndpointService)"
+).message("proxy.vpcEndpointService must be omitted when connectivity is PublicEndpoint"))]
+#[serde(rename_all = "camelCase")]
+pub struct ProxySpec {
+    /// `PublicEndpoint` or `VpcEndpointService`.
+    #[serde(default)]
+    pub connectivity: ConnectivitySpec,
+
+    /// `https://` and a host name: no port, no path, no trailing slash. For a
+    /// VPC endpoint service, its private DNS name.
+    #[schemars(length(min = 10, max = 128))]
+    #[x_kube(validation = Rule::new("self.matches('^https://[a-zA-Z0-9.-]+$')").message("uriEndpoint must be https:// followed by a host name, with no port, path or trailing slash"))]
+    pub uri_endpoint: String,
+
+    /// Path of the proxy API, ending in `/kms/xks/v1` (or another version).
+    #[schemars(length(min = 10, max = 128))]
+    #[x_kube(validation = Rule::new("self.matches('^(/[a-zA-Z0-9/_-]+)?/kms/xks/v[0-9]{1,2}$')").message("uriPath must end in /kms/xks/vN, with an optional prefix of letters, digits, /, _ and -"))]
+    pub uri_path: String,
+
+    /// Required for `VpcEndpointService`, omitted otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vpc_endpoint_service: Option<VpcEndpointService>,
+
+    /// Secret holding the proxy credential, in this resource's namespace.
+    pub credentials_secret_ref: CredentialsSecretRef,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct VpcEndpointService {
+    /// e.g. `com.amazonaws.vpce.eu-west-1.vpce-svc-0123456789abcdef0`.
+    #[schemars(length(min = 20, max = 64))]
+    #[x_kube(validation = Rule::new("self.matches('^(com|eu)[.]amazonaws[.]vpce[.]([a-z]+-){2,3}[0-9]+[.]vpce-svc-[0-9a-z]+$')").message("vpcEndpointService.name must look like com.amazonaws.vpce.<region>.vpce-svc-<id>"))]
+    pub name: String,
+    /// Account that owns the endpoint service, when it is not the store's account.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('^[0-9]{12}$')").message("vpcEndpointService.owner must be a 12-digit AWS account id"))]
+    pub owner: Option<String>,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CredentialsSecretRef {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key of the access key id in the Secret (default `accessKeyId`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_key_id_key: Option<String>,
+    /// Key of the secret access key in the Secret (default `secretAccessKey`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_access_key_key: Option<String>,
+}
+
+impl CredentialsSecretRef {
+    pub fn access_key_id_key(&self) -> &str {
+        self.access_key_id_key.as_deref().unwrap_or("accessKeyId")
+    }
+    pub fn secret_access_key_key(&self) -> &str {
+        self.secret_access_key_key
+            .as_deref()
+            .unwrap_or("secretAccessKey")
+    }
+}
+
+macro_rules! spec_enum {
+    ($(#[$doc:meta])* $name:ident { $default:ident $(, $other:ident)* }) => {
+        $(#[$doc])*
+        #[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+        pub enum $name {
+            #[default]
+            $default,
+            $($other,)*
+        }
+    };
+}
+
+spec_enum!(
+    /// How KMS reaches the proxy.
+    ConnectivitySpec { PublicEndpoint, VpcEndpointService }
+);
+spec_enum!(
+    /// Desired KMS connection state.
+    DesiredConnectionState { Connected, Disconnected }
+);
+spec_enum!(
+    /// What deleting the resource does to the store.
+    DeletionPolicy { Retain, Delete }
+);
+spec_enum!(
+    /// Whether the operator changes the store or only reports.
+    ManagementPolicy { Full, ObserveOnly }
+);
+spec_enum!(
+    /// Whether changes that disconnect the store need approval.
+    DisruptiveUpdates { Allow, RequireApproval }
+);
+spec_enum!(
+    /// Whether the operator calls the proxy itself before switching.
+    ProxyChecks { Direct, KmsOnly }
+);
+spec_enum!(
+    /// Whether a failed reconnect restores the previous proxy location.
+    RollbackPolicy { Automatic, Disabled }
+);
+
+impl From<ConnectivitySpec> for crate::model::Connectivity {
+    fn from(c: ConnectivitySpec) -> Self {
+        match c {
+            ConnectivitySpec::PublicEndpoint => Self::PublicEndpoint,
+            ConnectivitySpec::VpcEndpointService => Self::VpcEndpointService,
+        }
+    }
+}
+
+impl ExternalKeyStore {
+    /// The KMS store name: `spec.keyStoreName`, else `metadata.name`.
+    pub fn key_store_name(&self) -> String {
+        self.spec
+            .key_store_name
+            .clone()
+            .or_else(|| self.metadata.name.clone())
+            .unwrap_or_default()
+    }
+}

@@ -1,0 +1,193 @@
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// What the operator observed and did. Never holds the proxy secret.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalKeyStoreStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// The KMS store this resource manages (created or adopted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_store_id: Option<String>,
+    /// `CustomKeyStoreName` as KMS reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_store_name: Option<String>,
+    /// `ConnectionState` as KMS last reported it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_state: Option<String>,
+    /// `ConnectionErrorCode` when the store is FAILED; the Ready condition's
+    /// message says what to do about it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_error_code: Option<String>,
+    /// The proxy configuration KMS reports (no secret).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<ObservedProxy>,
+    /// Keyed fingerprint of the proxy secret the operator last applied, to
+    /// detect a rotated secret behind an unchanged access key id. Not the secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential_fingerprint: Option<String>,
+    /// kstatus conditions: Ready, Reconciling, Stalled.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// The sequence running now, or the last one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation: Option<Operation>,
+    /// Echo of the `reconcile.fluxcd.io/requestedAt` annotation last handled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_handled_reconcile_at: Option<String>,
+}
+
+/// The proxy part of `DescribeCustomKeyStores`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ObservedProxy {
+    pub connectivity: String,
+    pub uri_endpoint: String,
+    pub uri_path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vpc_endpoint_service_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vpc_endpoint_service_owner: Option<String>,
+    pub access_key_id: String,
+}
+
+/// A kstatus-style condition.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    pub reason: String,
+    pub message: String,
+    /// RFC 3339.
+    pub last_transition_time: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// A sequence of steps brought to KMS, recorded so that a crash anywhere
+/// resumes it instead of starting over.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Operation {
+    /// Why it runs, e.g. "uriEndpoint changed".
+    pub trigger: String,
+    pub phase: OperationPhase,
+    /// Whether it disconnects the store (its KMS keys are unusable meanwhile).
+    pub disruptive: bool,
+    /// Digest of the desired state this operation converges to; a different
+    /// digest means the spec or secret changed and the plan is made afresh.
+    pub target: String,
+    /// The generation it was planned for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<i64>,
+    pub started_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    pub steps: Vec<Step>,
+    /// The proxy location before the update, recorded before it is changed,
+    /// to roll back to if the store fails to connect afterwards.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<ObservedProxy>,
+    /// Outcome in words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum OperationPhase {
+    /// Planned under `managementPolicy: ObserveOnly`: not run.
+    Planned,
+    Running,
+    /// Waiting for the approval annotation before disconnecting.
+    AwaitingApproval,
+    Succeeded,
+    /// A terminal error stopped it; see the failed step.
+    Failed,
+    /// Restoring the previous proxy location after a failed reconnect.
+    RollingBack,
+    /// The previous proxy location was restored and the store reconnected.
+    RolledBack,
+}
+
+impl OperationPhase {
+    pub fn is_finished(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::RolledBack)
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Step {
+    pub name: StepName,
+    pub state: StepState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// How many times its KMS or proxy call was issued.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub attempts: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+impl Step {
+    pub fn pending(name: StepName) -> Self {
+        Self {
+            name,
+            state: StepState::Pending,
+            started_at: None,
+            finished_at: None,
+            message: None,
+            attempts: 0,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum StepName {
+    /// The operator calls the NEW proxy: health, and every key of the store.
+    Preflight,
+    /// CreateCustomKeyStore (guarded: a retry adopts by name first).
+    Create,
+    /// DisconnectCustomKeyStore, then wait for DISCONNECTED.
+    Disconnect,
+    /// UpdateCustomKeyStore with every field that differs.
+    Update,
+    /// The operator calls the proxy at the configuration now in KMS.
+    HealthCheck,
+    /// ConnectCustomKeyStore, then wait for CONNECTED.
+    Connect,
+    /// DeleteCustomKeyStore.
+    Delete,
+    /// Rollback: disconnect the store that failed to connect.
+    RollbackDisconnect,
+    /// Rollback: UpdateCustomKeyStore back to the recorded previous location.
+    RestorePrevious,
+    /// Rollback: connect again at the previous location.
+    RollbackConnect,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum StepState {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    Skipped,
+}
+
+impl StepState {
+    pub fn is_done(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Skipped)
+    }
+}

@@ -1,0 +1,1 @@
+//! Validation repeated in Rust for the file-driven modes.

@@ -1,0 +1,1 @@
+//! The in-cluster controller (issue 4). Not yet built.

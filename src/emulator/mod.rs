@@ -1,0 +1,1 @@
+//! KMS custom-key-store emulator and XKS proxy emulator.

@@ -1,0 +1,1 @@
+//! aws-sdk-kms adapter.

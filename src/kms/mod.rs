@@ -1,0 +1,117 @@
+//! The `KeyStores` port: what the engine needs from KMS, and the error
+//! classification of KMS answers. `aws` holds the adapter over aws-sdk-kms.
+
+pub mod aws;
+
+use crate::error::ErrorCategory;
+use crate::model::{ObservedStore, ProxyConfig, ProxyCredential, StoreKey};
+use std::future::Future;
+
+/// `CreateCustomKeyStore` for an external key store.
+#[derive(Clone, Debug)]
+pub struct CreateStore {
+    pub name: String,
+    pub proxy: ProxyConfig,
+    pub credential: ProxyCredential,
+}
+
+/// `UpdateCustomKeyStore`: only the fields that are `Some` are sent.
+#[derive(Clone, Debug, Default)]
+pub struct UpdateStore {
+    pub id: String,
+    pub new_name: Option<String>,
+    /// Always sent whole (KMS wants both halves together).
+    pub credential: Option<ProxyCredential>,
+    pub uri_path: Option<String>,
+    pub uri_endpoint: Option<String>,
+    pub connectivity: Option<crate::model::Connectivity>,
+    /// `Some("")` clears it, as KMS wants when switching to a public endpoint.
+    pub vpc_endpoint_service_name: Option<String>,
+    pub vpc_endpoint_service_owner: Option<String>,
+}
+
+/// An error from KMS, classified. Messages come from KMS and never contain
+/// the proxy secret (KMS does not echo it, and the adapter sends it only in
+/// the request body).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum KmsError {
+    #[error("KMS {code}: {message}")]
+    Service { code: String, message: String },
+    #[error("could not reach KMS: {0}")]
+    Transport(String),
+}
+
+impl KmsError {
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            Self::Service { code, .. } => Some(code),
+            Self::Transport(_) => None,
+        }
+    }
+
+    pub fn category(&self) -> ErrorCategory {
+        let Self::Service { code, .. } = self else {
+            return ErrorCategory::Transient;
+        };
+        match code.as_str() {
+            "ThrottlingException" => ErrorCategory::Throttled,
+            "LimitExceededException" => ErrorCategory::LimitExceeded,
+            "KMSInternalException" | "DependencyTimeoutException" | "ServiceUnavailableException" => {
+                ErrorCategory::Transient
+            }
+            "CustomKeyStoreInvalidStateException" | "KMSInvalidStateException" => {
+                ErrorCategory::InvalidState
+            }
+            "CustomKeyStoreNameInUseException"
+            | "XksProxyUriInUseException"
+            | "XksProxyUriEndpointInUseException"
+            | "XksProxyVpcEndpointServiceInUseException" => ErrorCategory::Conflict,
+            "CustomKeyStoreNotFoundException" | "NotFoundException" => ErrorCategory::NotFound,
+            "CustomKeyStoreHasCMKsException" => ErrorCategory::StoreHasKeys,
+            "XksProxyIncorrectAuthenticationCredentialException" => {
+                ErrorCategory::ProxyCredentialRejected
+            }
+            "XksProxyInvalidConfigurationException" => ErrorCategory::ProxyMisconfigured,
+            "XksProxyUriUnreachableException" => ErrorCategory::ProxyUnreachable,
+            "XksProxyInvalidResponseException" => ErrorCategory::ProxyInvalidResponse,
+            "XksProxyVpcEndpointServiceNotFoundException"
+            | "XksProxyVpcEndpointServiceInvalidConfigurationException"
+            | "ValidationException"
+            | "InvalidArnException"
+            | "IncorrectTrustAnchorException" => ErrorCategory::InvalidSpec,
+            "AccessDeniedException" | "UnrecognizedClientException" => ErrorCategory::AccessDenied,
+            _ => ErrorCategory::Internal,
+        }
+    }
+
+    pub fn is_retryable(&self) -> bool {
+        self.category().is_retryable()
+    }
+}
+
+/// What the engine needs from KMS in one account and Region.
+pub trait KeyStores: Send + Sync {
+    /// `None` when KMS says `CustomKeyStoreNotFoundException`.
+    fn describe_by_id(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<Option<ObservedStore>, KmsError>> + Send;
+    /// `None` when KMS says `CustomKeyStoreNotFoundException`.
+    fn describe_by_name(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<ObservedStore>, KmsError>> + Send;
+    /// Every store, following `NextMarker` until `Truncated` is false.
+    fn describe_all(&self) -> impl Future<Output = Result<Vec<ObservedStore>, KmsError>> + Send;
+    /// Returns the new store's id.
+    fn create(&self, req: &CreateStore) -> impl Future<Output = Result<String, KmsError>> + Send;
+    fn update(&self, req: &UpdateStore) -> impl Future<Output = Result<(), KmsError>> + Send;
+    fn connect(&self, id: &str) -> impl Future<Output = Result<(), KmsError>> + Send;
+    fn disconnect(&self, id: &str) -> impl Future<Output = Result<(), KmsError>> + Send;
+    fn delete(&self, id: &str) -> impl Future<Output = Result<(), KmsError>> + Send;
+    /// The KMS keys whose `CustomKeyStoreId` is `id` (ListKeys + DescribeKey).
+    fn list_store_keys(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<Vec<StoreKey>, KmsError>> + Send;
+}

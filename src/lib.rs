@@ -1,0 +1,18 @@
+//! xks-operator: manages AWS KMS external key stores (XKS) declaratively.
+//!
+//! Layers, top to bottom: `controller` (Kubernetes) and `cli` (files) drive
+//! the `engine`, which runs what the pure `plan` decides through two ports,
+//! `kms::KeyStores` and `xks::ProxyProbe`. `emulator` is an independent KMS
+//! and XKS proxy emulator used by tests, benchmarks and `demo`: it shares no
+//! validation or planning code with the operator, so a misreading of KMS
+//! cannot pass on both sides.
+
+pub mod api;
+pub mod controller;
+pub mod emulator;
+pub mod engine;
+pub mod error;
+pub mod kms;
+pub mod model;
+pub mod plan;
+pub mod xks;
