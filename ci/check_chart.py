@@ -1,0 +1,536 @@
+#!/usr/bin/env python3
+"""Lint, render and validate the Helm charts and the examples.
+
+Run by ci/check-chart.sh (which installs the Python packages). Checks:
+
+1. helm lint (strict) of both charts, for default values and every
+   ci/values/*.yaml that is not bad-*.yaml.
+2. Render both charts (Helm's Go SDK through helm-python-sdk) for the same
+   value sets; validate every rendered object against the Kubernetes OpenAPI
+   schemas (kubernetes-validate, strict: unknown fields fail) and assert what
+   each value set must produce (hardened pod, probes, flags, RBAC, PDB, ...).
+3. Every ci/values/bad-*.yaml is rejected by schema or template, with the
+   message in its `# expect:` first line.
+4. The CRD chart renders exactly crds/externalkeystores.xks-operator.io.yaml
+   (plus labels and the helm.sh/resource-policy: keep annotation).
+5. examples/*.yaml: Secrets against the Kubernetes schemas; ExternalKeyStores
+   against the CRD's openAPIV3Schema (jsonschema, after applying the CRD's
+   defaults, unknown fields rejected) and its CEL rules (cel-python).
+   examples/invalid/*.yaml must each be rejected, and the error must be the
+   one its `# expect:` line names: a CEL message of the CRD, or the API
+   server's wording of an OpenAPI constraint (Required value, Unsupported
+   value, Too long, ...).
+
+Prints one line per check and a closing "N passed, N failed" line; exits 1 on
+any failure.
+"""
+
+from __future__ import annotations
+
+import copy
+import glob
+import json
+import os
+import re
+import sys
+import traceback
+
+import yaml
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+OPERATOR_CHART = os.path.join(ROOT, "charts", "xks-operator")
+CRD_CHART = os.path.join(ROOT, "charts", "xks-operator-crds")
+CRD_FILE = os.path.join(ROOT, "crds", "externalkeystores.xks-operator.io.yaml")
+KUBE_VERSION = "1.33"
+RELEASE = "xks"
+NAMESPACE = "xks-system"
+
+PASSED: list[str] = []
+FAILED: list[str] = []
+
+
+def check(name: str, fn, *args) -> None:
+    try:
+        fn(*args)
+    except AssertionError as e:
+        FAILED.append(name)
+        print(f"FAIL {name}: {e}")
+    except Exception as e:  # noqa: BLE001 - report any crash as a failure
+        FAILED.append(name)
+        print(f"FAIL {name}: {type(e).__name__}: {e}")
+        traceback.print_exc(limit=3)
+    else:
+        PASSED.append(name)
+        print(f"ok   {name}")
+
+
+def rel(path: str) -> str:
+    return os.path.relpath(path, ROOT)
+
+
+def expect_line(path: str) -> str:
+    with open(path) as f:
+        first = f.readline().strip()
+    m = re.match(r"^#\s*expect:\s*(.+)$", first)
+    assert m, f"{rel(path)}: first line must be '# expect: <message substring>'"
+    return m.group(1).strip()
+
+
+# --------------------------------------------------------------------------
+# Helm
+# --------------------------------------------------------------------------
+
+import helm_python as helm  # noqa: E402
+import kubernetes_validate  # noqa: E402
+
+
+def load_values(path: str | None) -> dict:
+    if path is None:
+        return {}
+    with open(path) as f:
+        return yaml.safe_load(f) or {}
+
+
+def render(chart_dir: str, values: dict) -> list[dict]:
+    with helm.Chart.load(chart_dir) as chart:
+        out = chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    objs = []
+    for tpl, text in sorted(out.items()):
+        if tpl.endswith("NOTES.txt"):
+            continue
+        for doc in yaml.safe_load_all(text):
+            if doc:
+                doc.setdefault("metadata", {})
+                objs.append(doc)
+    return objs
+
+
+def lint_ok(chart_dir: str, values: dict) -> None:
+    report = helm.lint(chart_dir, values, strict=True, namespace=NAMESPACE, kube_version="v1.33.0")
+    problems = [m for m in report.get("messages", []) if m.get("severity", 0) >= 2]
+    # "icon is recommended" is info (1) and ignored.
+    assert not report.get("errors") and not problems, json.dumps(report, indent=1)
+
+
+def validate_k8s(objs: list[dict]) -> None:
+    for o in objs:
+        kind = o.get("kind")
+        if kind == "ServiceMonitor":
+            # No upstream schema for the Prometheus Operator's CRD in
+            # kubernetes-validate: check its shape by hand.
+            assert o["apiVersion"] == "monitoring.coreos.com/v1", o["apiVersion"]
+            eps = o["spec"]["endpoints"]
+            assert eps and all(e.get("port") == "http" for e in eps), eps
+            assert o["spec"]["selector"]["matchLabels"], "ServiceMonitor needs a selector"
+            continue
+        try:
+            kubernetes_validate.validate(o, KUBE_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as e:
+            raise AssertionError(f"{kind}/{o['metadata'].get('name')}: {e.message}") from None
+
+
+def by_kind(objs: list[dict], kind: str) -> list[dict]:
+    return [o for o in objs if o.get("kind") == kind]
+
+
+def one(objs: list[dict], kind: str) -> dict:
+    found = by_kind(objs, kind)
+    assert len(found) == 1, f"expected one {kind}, got {len(found)}"
+    return found[0]
+
+
+def container(objs: list[dict]) -> dict:
+    dep = one(objs, "Deployment")
+    cs = dep["spec"]["template"]["spec"]["containers"]
+    assert len(cs) == 1, "one container"
+    return cs[0]
+
+
+def flag(args: list[str], name: str) -> str | None:
+    if name in args:
+        i = args.index(name)
+        return args[i + 1] if i + 1 < len(args) and not args[i + 1].startswith("--") else ""
+    return None
+
+
+# What the operator may do, and nothing else: (apiGroup, resource) -> verbs.
+ALLOWED_RULES = {
+    ("xks-operator.io", "externalkeystores"): {"get", "list", "watch", "patch", "update"},
+    ("xks-operator.io", "externalkeystores/status"): {"get", "patch"},
+    ("xks-operator.io", "externalkeystores/finalizers"): {"update"},
+    ("", "secrets"): {"get", "list", "watch"},
+    ("events.k8s.io", "events"): {"create", "patch"},
+    ("coordination.k8s.io", "leases"): {"get", "create", "update", "patch"},
+}
+
+
+def granted(objs: list[dict]) -> dict:
+    out: dict = {}
+    for o in objs:
+        if o["kind"] not in ("Role", "ClusterRole"):
+            continue
+        for r in o.get("rules", []):
+            assert "*" not in r.get("verbs", []) and "*" not in r.get("resources", []), f"wildcard in {o['kind']} {r}"
+            for g in r.get("apiGroups", []):
+                for res in r.get("resources", []):
+                    out.setdefault((g, res), set()).update(r["verbs"])
+    return out
+
+
+def assert_rbac_minimal(objs: list[dict]) -> None:
+    g = granted(objs)
+    for key, verbs in g.items():
+        assert key in ALLOWED_RULES, f"RBAC grants an unexpected resource {key}"
+        extra = verbs - ALLOWED_RULES[key]
+        assert not extra, f"RBAC grants extra verbs {sorted(extra)} on {key}"
+    for key in [k for k in ALLOWED_RULES if k[1] != "leases"]:
+        assert g.get(key) == ALLOWED_RULES[key], f"RBAC for {key} is {g.get(key)}, want {ALLOWED_RULES[key]}"
+    for o in objs:
+        if o["kind"] in ("RoleBinding", "ClusterRoleBinding"):
+            subj = o["subjects"]
+            assert len(subj) == 1 and subj[0]["kind"] == "ServiceAccount", subj
+            assert subj[0]["namespace"] == NAMESPACE, subj
+
+
+def assert_common(objs: list[dict], values: dict) -> None:
+    c = container(objs)
+    dep = one(objs, "Deployment")
+    pod = dep["spec"]["template"]["spec"]
+    psc, sc = pod["securityContext"], c["securityContext"]
+    assert psc.get("runAsNonRoot") is True and psc.get("seccompProfile", {}).get("type") == "RuntimeDefault", psc
+    assert sc.get("runAsNonRoot") is True, sc
+    assert sc.get("readOnlyRootFilesystem") is True, sc
+    assert sc.get("allowPrivilegeEscalation") is False, sc
+    assert sc.get("capabilities", {}).get("drop") == ["ALL"], sc
+    assert sc.get("seccompProfile", {}).get("type") == "RuntimeDefault", sc
+    res = c["resources"]
+    for k in ("cpu", "memory"):
+        assert k in res["requests"] and k in res["limits"], res
+    port = values.get("metricsPort", 8080)
+    assert c["ports"] == [{"name": "http", "containerPort": port, "protocol": "TCP"}], c["ports"]
+    assert c["livenessProbe"]["httpGet"] == {"path": "/health", "port": "http"}, c["livenessProbe"]
+    assert c["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "http"}, c["readinessProbe"]
+    env = {e["name"]: e for e in c["env"]}
+    assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace", env
+    args = c["args"]
+    assert args[0] == "run", args
+    assert flag(args, "--listen-addr") == f"0.0.0.0:{port}", args
+    for f_ in ("--log-format", "--log-level", "--drift-interval", "--kms-rate-limit", "--concurrency"):
+        assert flag(args, f_), f"missing {f_} in {args}"
+    assert re.fullmatch(r"[0-9]+(\.[0-9]+)?", flag(args, "--kms-rate-limit")), args
+    assert re.fullmatch(r"[0-9]+", flag(args, "--concurrency")), args
+    sa = pod["serviceAccountName"]
+    assert any(o["kind"] == "ServiceAccount" and o["metadata"]["name"] == sa for o in objs), f"no ServiceAccount {sa}"
+    replicas = dep["spec"]["replicas"]
+    pdbs = by_kind(objs, "PodDisruptionBudget")
+    if replicas > 1:
+        assert len(pdbs) == 1 and pdbs[0]["spec"] == {
+            "maxUnavailable": 1,
+            "selector": dep["spec"]["selector"],
+        }, pdbs
+    else:
+        assert not pdbs, "a PodDisruptionBudget with one replica would block node drains"
+    assert_rbac_minimal(objs)
+    for o in objs:
+        if o["kind"] not in ("ClusterRole", "ClusterRoleBinding"):
+            assert o["metadata"].get("namespace"), f"{o['kind']}/{o['metadata']['name']} has no namespace"
+
+
+def expect_default(objs, values):
+    args = container(objs)["args"]
+    assert "--leader-election" not in args and flag(args, "--watch-namespace") is None, args
+    assert flag(args, "--log-format") == "json" and flag(args, "--drift-interval") == "5m", args
+    assert flag(args, "--kms-rate-limit") == "4.5" and flag(args, "--concurrency") == "4", args
+    assert one(objs, "Deployment")["spec"]["strategy"] == {"type": "Recreate"}
+    assert {o["kind"] for o in objs} == {"Deployment", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Service"}, {o["kind"] for o in objs}
+    assert ("coordination.k8s.io", "leases") not in granted(objs), "no Lease access without leader election"
+
+
+def expect_leader(objs, values):
+    args = container(objs)["args"]
+    assert "--leader-election" in args and flag(args, "--lease-name") == "xks-operator-leader", args
+    assert one(objs, "Deployment")["spec"]["replicas"] == 2
+    roles = [o for o in by_kind(objs, "Role") if o["metadata"]["name"].endswith("leader-election")]
+    assert len(roles) == 1 and roles[0]["metadata"]["namespace"] == NAMESPACE, roles
+    names = [r.get("resourceNames") for r in roles[0]["rules"] if "get" in r["verbs"]]
+    assert names == [["xks-operator-leader"]], names
+    assert one(objs, "PodDisruptionBudget")
+
+
+def expect_watch_ns(objs, values):
+    args = container(objs)["args"]
+    assert flag(args, "--watch-namespace") == "payments", args
+    assert flag(args, "--log-format") == "text" and flag(args, "--drift-interval") == "90s", args
+    assert not by_kind(objs, "ClusterRole") and not by_kind(objs, "ClusterRoleBinding"), "namespaced RBAC only"
+    role = [o for o in by_kind(objs, "Role")]
+    assert len(role) == 1 and role[0]["metadata"]["namespace"] == "payments", role
+    rb = one(objs, "RoleBinding")
+    assert rb["metadata"]["namespace"] == "payments", rb
+
+
+def expect_netpol_sm(objs, values):
+    np_ = one(objs, "NetworkPolicy")
+    eg = np_["spec"]["egress"]
+    ports = [(p.get("port"), p.get("protocol")) for r in eg for p in r.get("ports", [])]
+    for p in [(53, "UDP"), (53, "TCP"), (443, "TCP"), (6443, "TCP")]:
+        assert p in ports, f"egress lacks {p}: {ports}"
+    assert np_["spec"]["ingress"][0]["ports"] == [{"port": "http", "protocol": "TCP"}], np_["spec"]["ingress"]
+    assert set(np_["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+    sm = one(objs, "ServiceMonitor")
+    assert sm["metadata"]["labels"].get("release") == "prometheus", sm["metadata"]
+
+
+def expect_irsa(objs, values):
+    sa = one(objs, "ServiceAccount")
+    assert sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].startswith("arn:aws:iam::"), sa
+    env = {e["name"]: e.get("value") for e in container(objs)["env"]}
+    assert env.get("AWS_REGION") == "eu-west-1", env
+    assert env.get("AWS_ENDPOINT_URL_KMS", "").startswith("https://"), env
+    assert "@sha256:" in container(objs)["image"], container(objs)["image"]
+
+
+EXPECTATIONS = {
+    None: expect_default,
+    "leader-election-2-replicas.yaml": expect_leader,
+    "watch-namespace.yaml": expect_watch_ns,
+    "networkpolicy-servicemonitor.yaml": expect_netpol_sm,
+    "irsa.yaml": expect_irsa,
+}
+
+
+def good_value_files() -> list[str | None]:
+    files = sorted(f for f in glob.glob(os.path.join(ROOT, "ci", "values", "*.yaml"))
+                   if not os.path.basename(f).startswith("bad-"))
+    return [None] + files
+
+
+def check_operator_values(path: str | None) -> None:
+    values = load_values(path)
+    lint_ok(OPERATOR_CHART, values)
+    objs = render(OPERATOR_CHART, values)
+    validate_k8s(objs)
+    assert_common(objs, values)
+    extra = EXPECTATIONS.get(os.path.basename(path) if path else None)
+    if extra:
+        extra(objs, values)
+
+
+def check_bad_values(path: str) -> None:
+    want = expect_line(path)
+    values = load_values(path)
+    try:
+        render(OPERATOR_CHART, values)
+    except helm.HelmError as e:
+        msg = str(e)
+        assert want in msg, f"rejected, but the message lacks {want!r}: {msg}"
+        return
+    raise AssertionError("rendered, but must be rejected")
+
+
+def crd_without_helm_metadata(crd: dict) -> dict:
+    c = copy.deepcopy(crd)
+    c["metadata"].pop("labels", None)
+    c["metadata"].pop("annotations", None)
+    return c
+
+
+def check_crd_chart() -> None:
+    lint_ok(CRD_CHART, {})
+    objs = render(CRD_CHART, {})
+    assert len(objs) == 1 and objs[0]["kind"] == "CustomResourceDefinition", [o.get("kind") for o in objs]
+    validate_k8s(objs)
+    crd = objs[0]
+    assert crd["metadata"]["annotations"].get("helm.sh/resource-policy") == "keep", crd["metadata"]
+    with open(CRD_FILE) as f:
+        source = yaml.safe_load(f)
+    assert crd_without_helm_metadata(crd) == crd_without_helm_metadata(source), \
+        "the CRD chart renders something other than crds/externalkeystores.xks-operator.io.yaml"
+    assert "helm.sh/resource-policy" not in render(CRD_CHART, {"keep": False})[0]["metadata"].get("annotations", {})
+
+
+# --------------------------------------------------------------------------
+# Examples: OpenAPI (jsonschema) + CEL
+# --------------------------------------------------------------------------
+
+import celpy  # noqa: E402
+import jsonschema  # noqa: E402
+
+
+def crd_schema() -> dict:
+    with open(CRD_FILE) as f:
+        crd = yaml.safe_load(f)
+    versions = [v for v in crd["spec"]["versions"] if v.get("storage")]
+    return versions[0]["schema"]["openAPIV3Schema"]
+
+
+def to_jsonschema(s: dict, top: bool = True) -> dict:
+    """openAPIV3Schema -> JSON Schema: nullable, no x-kubernetes-*, and unknown
+    fields rejected (what `kubectl apply` with strict field validation does)."""
+    out = {}
+    for k, v in s.items():
+        if k.startswith("x-kubernetes-") or k in ("nullable", "description", "default", "format"):
+            continue
+        if k == "properties":
+            out[k] = {pk: to_jsonschema(pv, False) for pk, pv in v.items()}
+        elif k == "items":
+            out[k] = to_jsonschema(v, False)
+        elif k == "additionalProperties" and isinstance(v, dict):
+            out[k] = to_jsonschema(v, False)
+        else:
+            out[k] = v
+    if "properties" in s and "additionalProperties" not in s:
+        out["additionalProperties"] = False
+    if s.get("nullable") and "type" in out:
+        out["type"] = [out["type"], "null"]
+    if top:
+        out.setdefault("properties", {})
+        out["properties"]["apiVersion"] = {"const": "xks-operator.io/v1alpha1"}
+        out["properties"]["kind"] = {"const": "ExternalKeyStore"}
+        out["properties"]["metadata"] = {"type": "object", "required": ["name"]}
+    return out
+
+
+def apply_defaults(schema: dict, value):
+    """Structural defaulting as the API server does before validation."""
+    if isinstance(value, dict) and "properties" in schema:
+        for k, sub in schema["properties"].items():
+            if k not in value and "default" in sub:
+                value[k] = copy.deepcopy(sub["default"])
+            if k in value:
+                value[k] = apply_defaults(sub, value[k])
+    elif isinstance(value, list) and "items" in schema:
+        value = [apply_defaults(schema["items"], v) for v in value]
+    return value
+
+
+CEL_ENV = celpy.Environment()
+
+
+def cel_errors(schema: dict, value, path: str) -> list[str]:
+    """Evaluate every x-kubernetes-validations rule (except transition rules,
+    which need oldSelf) at each node that is present."""
+    errs = []
+    if value is None:
+        return errs
+    for rule in schema.get("x-kubernetes-validations", []):
+        if "oldSelf" in rule["rule"]:
+            continue
+        prog = CEL_ENV.program(CEL_ENV.compile(rule["rule"]))
+        result = prog.evaluate({"self": celpy.json_to_cel(value)})
+        if not isinstance(result, celpy.celtypes.BoolType) or not bool(result):
+            errs.append(f"{path}: Invalid value: {rule.get('message', rule['rule'])}")
+    if isinstance(value, dict):
+        for k, sub in schema.get("properties", {}).items():
+            if k in value:
+                errs += cel_errors(sub, value[k], f"{path}.{k}")
+    elif isinstance(value, list) and "items" in schema:
+        for i, v in enumerate(value):
+            errs += cel_errors(schema["items"], v, f"{path}[{i}]")
+    return errs
+
+
+# How the API server words an OpenAPI failure -> the jsonschema validator.
+APISERVER_WORDING = {
+    "Required value": "required",
+    "Unsupported value": "enum",
+    "Too long": "maxLength",
+    "should be at least": "minLength",
+    "must be of type": "type",
+    "should match": "pattern",
+}
+
+
+def schema_errors(value: dict) -> list[jsonschema.ValidationError]:
+    validator = jsonschema.Draft7Validator(to_jsonschema(crd_schema()))
+    return list(validator.iter_errors(value))
+
+
+def apiserver_path(err: jsonschema.ValidationError) -> str:
+    parts = [str(p) for p in err.absolute_path]
+    if err.validator == "required":
+        m = re.match(r"'([^']+)' is a required property", err.message)
+        parts.append(m.group(1) if m else "?")
+    return ".".join(parts)
+
+
+def validate_xks(doc: dict) -> tuple[list[jsonschema.ValidationError], list[str]]:
+    schema = crd_schema()
+    doc = apply_defaults(schema, copy.deepcopy(doc))
+    s_errs = schema_errors(doc)
+    c_errs = [] if s_errs else cel_errors(schema, doc, "")
+    return s_errs, c_errs
+
+
+def load_docs(path: str) -> list[dict]:
+    with open(path) as f:
+        return [d for d in yaml.safe_load_all(f) if d]
+
+
+def check_valid_example(path: str) -> None:
+    docs = load_docs(path)
+    assert docs, "empty"
+    for d in docs:
+        kind = d.get("kind")
+        if kind == "Secret":
+            kubernetes_validate.validate(d, KUBE_VERSION, strict=True)
+            data = d.get("stringData", {})
+            assert re.fullmatch(r"[A-Z2-7]{20,30}", data.get("accessKeyId", "")), "accessKeyId breaks KMS rules"
+            assert re.fullmatch(r"[A-Za-z0-9/+=]{43,64}", data.get("secretAccessKey", "")), "secretAccessKey breaks KMS rules"
+        elif kind == "ExternalKeyStore":
+            s_errs, c_errs = validate_xks(d)
+            assert not s_errs and not c_errs, "; ".join([e.message for e in s_errs] + c_errs)
+        else:
+            raise AssertionError(f"unexpected kind {kind}")
+
+
+def check_invalid_example(path: str) -> None:
+    want = expect_line(path)
+    docs = load_docs(path)
+    assert len(docs) == 1 and docs[0].get("kind") in ("ExternalKeyStore", "Secret"), "one ExternalKeyStore or Secret"
+    s_errs, c_errs = validate_xks(docs[0])
+    assert s_errs or c_errs, "accepted, but must be rejected"
+    assert len(s_errs) + len(c_errs) == 1, "more than one error: " + "; ".join([e.message for e in s_errs] + c_errs)
+    if c_errs:
+        assert want in c_errs[0], f"CEL rejects it with {c_errs[0]!r}, not {want!r}"
+        return
+    err = s_errs[0]
+    words = [w for w in APISERVER_WORDING if w in want]
+    assert words, f"{want!r} is neither a CEL message (schema rejects it: {err.message}) nor API server wording {list(APISERVER_WORDING)}"
+    assert err.validator == APISERVER_WORDING[words[0]], \
+        f"expected a {APISERVER_WORDING[words[0]]} failure, got {err.validator}: {err.message}"
+    # The API server names the field: "spec.proxy.uriPath: Required value".
+    field = apiserver_path(err)
+    m = re.match(r"^([A-Za-z0-9_.\[\]]+): ", want)
+    if m:
+        assert m.group(1) == field, f"the error is at {field}, the expect line names {m.group(1)}"
+    # Unsupported value: "X" names the offending value.
+    m = re.search(r'Unsupported value: "([^"]*)"', want)
+    if m:
+        assert err.instance == m.group(1), f"offending value is {err.instance!r}"
+
+
+def main() -> int:
+    print(f"helm SDK {helm.helm_sdk_version()}, Kubernetes schemas {KUBE_VERSION}, CRD {rel(CRD_FILE)}")
+    for path in good_value_files():
+        name = rel(path) if path else "default values"
+        check(f"chart xks-operator: lint+render+validate ({name})", check_operator_values, path)
+    bad = sorted(glob.glob(os.path.join(ROOT, "ci", "values", "bad-*.yaml")))
+    assert bad, "no ci/values/bad-*.yaml"
+    for path in bad:
+        check(f"chart xks-operator: rejects {rel(path)}", check_bad_values, path)
+    check("chart xks-operator-crds: lint+render, equals crds/, keep annotation", check_crd_chart)
+    examples = sorted(glob.glob(os.path.join(ROOT, "examples", "*.yaml")))
+    invalid = sorted(glob.glob(os.path.join(ROOT, "examples", "invalid", "*.yaml")))
+    for path in examples:
+        check(f"example valid: {rel(path)}", check_valid_example, path)
+    for path in invalid:
+        check(f"example rejected as expected: {rel(path)}", check_invalid_example, path)
+    if len(invalid) < 12:
+        FAILED.append("at least 12 invalid examples")
+        print(f"FAIL at least 12 invalid examples (found {len(invalid)})")
+    print(f"check-chart: {len(PASSED)} passed, {len(FAILED)} failed")
+    return 1 if FAILED else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
