@@ -20,6 +20,8 @@ Run by ci/check-chart.sh (which installs the Python packages). Checks:
    one its `# expect:` line names: a CEL message of the CRD, or the API
    server's wording of an OpenAPI constraint (Required value, Unsupported
    value, Too long, ...).
+6. gitops/argocd/fixtures/*.json are ExternalKeyStores the CRD accepts
+   (spec and status).
 
 Prints one line per check and a closing "N passed, N failed" line; exits 1 on
 any failure.
@@ -509,6 +511,15 @@ def check_invalid_example(path: str) -> None:
         assert err.instance == m.group(1), f"offending value is {err.instance!r}"
 
 
+def check_argocd_fixture(path: str) -> None:
+    """The Argo CD health fixtures must be objects the CRD accepts (spec and
+    status), so they track the real status shape."""
+    with open(path) as f:
+        doc = json.load(f)
+    s_errs, c_errs = validate_xks(doc)
+    assert not s_errs and not c_errs, "; ".join([f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in s_errs] + c_errs)
+
+
 def main() -> int:
     print(f"helm SDK {helm.helm_sdk_version()}, Kubernetes schemas {KUBE_VERSION}, CRD {rel(CRD_FILE)}")
     for path in good_value_files():
@@ -525,6 +536,10 @@ def main() -> int:
         check(f"example valid: {rel(path)}", check_valid_example, path)
     for path in invalid:
         check(f"example rejected as expected: {rel(path)}", check_invalid_example, path)
+    fixtures = sorted(f for f in glob.glob(os.path.join(ROOT, "gitops", "argocd", "fixtures", "*.json"))
+                      if not f.endswith("expected.json"))
+    for path in fixtures:
+        check(f"argocd fixture matches the CRD: {rel(path)}", check_argocd_fixture, path)
     if len(invalid) < 12:
         FAILED.append("at least 12 invalid examples")
         print(f"FAIL at least 12 invalid examples (found {len(invalid)})")
