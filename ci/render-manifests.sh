@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Regenerate deploy/manifests/xks-operator.yaml (the operator chart rendered
+# with default values, for `kubectl apply` without Helm). ci/check-chart.sh
+# fails when it is stale.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+py="${PYTHON:-python3}"
+if ! "$py" -c 'import helm_python, kubernetes_validate, jsonschema, celpy, yaml' 2>/dev/null; then
+  "$py" -m pip install --quiet --disable-pip-version-check -r "$root/ci/requirements.txt"
+fi
+exec "$py" "$root/ci/check_chart.py" --write-manifests
