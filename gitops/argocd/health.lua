@@ -11,8 +11,9 @@
 --   5. operation AwaitingApproval                     -> Progressing (how to approve)
 --   6. Reconciling=True                               -> Progressing (current step)
 --   7. Ready=True for this generation                 -> Healthy
---   8. Ready=False (and nothing in progress)          -> Degraded
---   9. anything else                                  -> Progressing
+--   8. store FAILED (connectionErrorCode)             -> Degraded
+--   9. ObserveOnly with a Planned operation (drift)   -> Suspended
+--  10. anything else (Ready False/Unknown, waiting)   -> Progressing
 local hs = {}
 
 local function condition(status, ctype)
@@ -130,9 +131,21 @@ if ready ~= nil and ready.status == "True" then
   return hs
 end
 
-if ready ~= nil and ready.status == "False" then
+if status.connectionState == "FAILED" then
   hs.status = "Degraded"
-  hs.message = describe(ready, "Not ready")
+  hs.message = describe(ready, "The store is FAILED")
+  local code = status.connectionErrorCode
+  if code ~= nil and code ~= "" and not string.find(hs.message, code, 1, true) then
+    hs.message = hs.message .. " (ConnectionErrorCode " .. code .. ")"
+  end
+  return hs
+end
+
+-- ObserveOnly found drift: the operator deliberately changes nothing until a
+-- person switches managementPolicy to Full.
+if spec.managementPolicy == "ObserveOnly" and op ~= nil and op.phase == "Planned" then
+  hs.status = "Suspended"
+  hs.message = describe(ready, "ObserveOnly: changes planned, none made")
   return hs
 end
 
