@@ -579,6 +579,28 @@ def check_iam_policies() -> None:
         assert got == want, f"{name}: actions {sorted(got)} != {sorted(want)}"
 
 
+def crd_field_paths(schema: dict, prefix: str) -> list[str]:
+    out = []
+    for k, sub in schema.get("properties", {}).items():
+        path = f"{prefix}.{k}" if prefix else k
+        if sub.get("type") == "array" and "items" in sub:
+            out.append(path)
+            out += crd_field_paths(sub["items"], path + "[]")
+        else:
+            out.append(path)
+            out += crd_field_paths(sub, path)
+    return out
+
+
+def check_reference_doc() -> None:
+    with open(os.path.join(ROOT, "docs", "reference.md")) as f:
+        doc = f.read()
+    schema = crd_schema()
+    paths = [p for p in crd_field_paths(schema, "") if p.startswith(("spec.", "status."))]
+    missing = [p for p in paths if f"`{p}`" not in doc]
+    assert not missing, f"docs/reference.md does not document: {missing}"
+
+
 def main() -> int:
     if "--write-manifests" in sys.argv:
         os.makedirs(os.path.dirname(MANIFESTS), exist_ok=True)
@@ -595,6 +617,7 @@ def main() -> int:
     for path in bad:
         check(f"chart xks-operator: rejects {rel(path)}", check_bad_values, path)
     check("deploy/manifests/xks-operator.yaml is the chart's default render", check_static_manifests)
+    check("docs/reference.md names every spec and status field of the CRD", check_reference_doc)
     check("deploy/iam-policy*.json grant exactly the documented actions", check_iam_policies)
     check("chart xks-operator-crds: lint+render, equals crds/, keep annotation", check_crd_chart)
     examples = sorted(glob.glob(os.path.join(ROOT, "examples", "*.yaml")))
