@@ -601,6 +601,21 @@ def check_reference_doc() -> None:
     assert not missing, f"docs/reference.md does not document: {missing}"
 
 
+CONNECTION_ERROR_CODES = [
+    "INTERNAL_ERROR", "NETWORK_ERRORS", "INVALID_CREDENTIALS", "XKS_PROXY_ACCESS_DENIED",
+    "XKS_PROXY_INVALID_CONFIGURATION", "XKS_PROXY_INVALID_RESPONSE", "XKS_PROXY_INVALID_TLS_CONFIGURATION",
+    "XKS_PROXY_NOT_REACHABLE", "XKS_PROXY_TIMED_OUT", "XKS_VPC_ENDPOINT_SERVICE_INVALID_CONFIGURATION",
+    "XKS_VPC_ENDPOINT_SERVICE_NOT_FOUND",
+]
+
+
+def check_troubleshooting_doc() -> None:
+    with open(os.path.join(ROOT, "docs", "troubleshooting.md")) as f:
+        doc = f.read()
+    missing = [c for c in CONNECTION_ERROR_CODES if f"\n### {c}\n" not in doc]
+    assert not missing, f"docs/troubleshooting.md has no section for {missing}"
+
+
 def main() -> int:
     if "--write-manifests" in sys.argv:
         os.makedirs(os.path.dirname(MANIFESTS), exist_ok=True)
@@ -618,6 +633,7 @@ def main() -> int:
         check(f"chart xks-operator: rejects {rel(path)}", check_bad_values, path)
     check("deploy/manifests/xks-operator.yaml is the chart's default render", check_static_manifests)
     check("docs/reference.md names every spec and status field of the CRD", check_reference_doc)
+    check("docs/troubleshooting.md covers every KMS ConnectionErrorCode", check_troubleshooting_doc)
     check("deploy/iam-policy*.json grant exactly the documented actions", check_iam_policies)
     check("chart xks-operator-crds: lint+render, equals crds/, keep annotation", check_crd_chart)
     examples = sorted(glob.glob(os.path.join(ROOT, "examples", "*.yaml")))
