@@ -616,6 +616,52 @@ def check_troubleshooting_doc() -> None:
     assert not missing, f"docs/troubleshooting.md has no section for {missing}"
 
 
+def check_gitops_doc() -> None:
+    """The argocd-cm snippet in docs/gitops.md carries health.lua verbatim."""
+    with open(os.path.join(ROOT, "docs", "gitops.md")) as f:
+        doc = f.read()
+    with open(os.path.join(ROOT, "gitops", "argocd", "health.lua")) as f:
+        lua = f.read()
+    blocks = re.findall(r"```yaml\n(.*?)```", doc, re.S)
+    cms = [yaml.safe_load(b) for b in blocks if "kind: ConfigMap" in b]
+    assert len(cms) == 1, f"expected one argocd-cm ConfigMap block, found {len(cms)}"
+    body = cms[0]["data"]["resource.customizations.health.xks-operator.io_ExternalKeyStore"]
+    assert body == lua, "the argocd-cm snippet in docs/gitops.md differs from gitops/argocd/health.lua"
+    kubernetes_validate.validate(cms[0], KUBE_VERSION, strict=True)
+
+
+def check_flux_exprs() -> None:
+    """The Flux healthCheckExprs in docs/gitops.md, evaluated like
+    kustomize-controller (inProgress, then failed, then current, else keep
+    waiting) on every Argo CD fixture, give the `flux` result expected.json
+    names."""
+    with open(os.path.join(ROOT, "docs", "gitops.md")) as f:
+        doc = f.read()
+    ks = [yaml.safe_load(b) for b in re.findall(r"```yaml\n(.*?)```", doc, re.S) if "kind: Kustomization" in b]
+    assert len(ks) == 1, "expected one Kustomization block"
+    exprs = [e for e in ks[0]["spec"]["healthCheckExprs"] if e["kind"] == "ExternalKeyStore"]
+    assert len(exprs) == 1 and exprs[0]["apiVersion"] == "xks-operator.io/v1alpha1", exprs
+    progs = {k: CEL_ENV.program(CEL_ENV.compile(exprs[0][k])) for k in ("inProgress", "failed", "current")}
+    fixtures_dir = os.path.join(ROOT, "gitops", "argocd", "fixtures")
+    with open(os.path.join(fixtures_dir, "expected.json")) as f:
+        expected = json.load(f)
+    wrong = []
+    for name, want in sorted(expected.items()):
+        with open(os.path.join(fixtures_dir, name)) as f:
+            obj = json.load(f)
+        act = {k: celpy.json_to_cel(obj[k]) for k in ("metadata", "spec", "status") if k in obj}
+        got = "InProgress"
+        for key, result in (("inProgress", "InProgress"), ("failed", "Failed"), ("current", "Current")):
+            value = progs[key].evaluate(act)
+            assert isinstance(value, celpy.celtypes.BoolType), f"{name}: {key} gave {value!r}"
+            if bool(value):
+                got = result
+                break
+        if got != want.get("flux"):
+            wrong.append(f"{name}: {got}, want {want.get('flux')}")
+    assert not wrong, "; ".join(wrong)
+
+
 def main() -> int:
     if "--write-manifests" in sys.argv:
         os.makedirs(os.path.dirname(MANIFESTS), exist_ok=True)
@@ -634,6 +680,8 @@ def main() -> int:
     check("deploy/manifests/xks-operator.yaml is the chart's default render", check_static_manifests)
     check("docs/reference.md names every spec and status field of the CRD", check_reference_doc)
     check("docs/troubleshooting.md covers every KMS ConnectionErrorCode", check_troubleshooting_doc)
+    check("docs/gitops.md argocd-cm snippet equals gitops/argocd/health.lua", check_gitops_doc)
+    check("docs/gitops.md Flux healthCheckExprs judge every fixture as expected", check_flux_exprs)
     check("deploy/iam-policy*.json grant exactly the documented actions", check_iam_policies)
     check("chart xks-operator-crds: lint+render, equals crds/, keep annotation", check_crd_chart)
     examples = sorted(glob.glob(os.path.join(ROOT, "examples", "*.yaml")))
