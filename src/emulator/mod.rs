@@ -1,1 +1,220 @@
 //! KMS custom-key-store emulator and XKS proxy emulator.
+//!
+//! One listener serves three things: requests whose Host header names an
+//! emulated proxy go to the XKS proxy fleet; `/_emulator/...` is the control
+//! API; everything else is the KMS JSON 1.1 API (`POST /`). The KMS side is
+//! written from the contract alone and shares no code with the operator.
+//! See docs/emulator.md.
+
+pub mod config;
+pub mod control;
+pub mod faults;
+pub mod kms;
+pub mod proxy_client;
+pub mod xks_proxy;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{Method, header};
+use axum::response::{IntoResponse, Response};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub use config::{EmulatorConfig, VpcEndpointServiceConfig};
+pub use control::EmulatorControl;
+use faults::FaultEngine;
+use kms::error::KmsError;
+use kms::{KmsService, Settings};
+use proxy_client::ProxyCaller;
+use xks_proxy::ProxyFleet;
+
+/// Largest KMS request body accepted.
+const MAX_KMS_BODY: usize = 1024 * 1024;
+
+/// A running emulator; stop it with [`RunningEmulator::shutdown`].
+pub struct RunningEmulator {
+    addr: SocketAddr,
+    control: Arc<EmulatorControl>,
+    stop: oneshot::Sender<()>,
+    server: JoinHandle<()>,
+}
+
+impl RunningEmulator {
+    /// `http://127.0.0.1:PORT`, for `endpoint_url` of aws-sdk-kms.
+    pub fn kms_endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Proxy host → base URL, so a client of the operator's own (its
+    /// proxy probe) reaches the same proxies KMS reaches.
+    pub fn proxy_resolve_map(&self) -> HashMap<String, String> {
+        self.control.resolve_map().into_iter().collect()
+    }
+
+    pub fn fleet(&self) -> &ProxyFleet {
+        self.control.fleet()
+    }
+
+    pub fn control(&self) -> &EmulatorControl {
+        &self.control
+    }
+
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(());
+        let _ = self.server.await;
+    }
+}
+
+fn settings_of(config: &EmulatorConfig) -> Settings {
+    Settings {
+        region: config.region.clone(),
+        account_id: config.account_id.clone(),
+        connect_delay: Duration::from_millis(config.connect_delay_ms),
+        disconnect_delay: Duration::from_millis(config.disconnect_delay_ms),
+        max_custom_key_stores: config.max_custom_key_stores,
+        strict_connected_updates: config.strict_connected_updates,
+        vpc_endpoint_services: config.vpc_endpoint_services.clone(),
+    }
+}
+
+/// Configured resolve entries, plus the emulator's own listener for every
+/// configured proxy that has none.
+fn initial_resolve(config: &EmulatorConfig, self_url: &str) -> BTreeMap<String, String> {
+    let mut resolve: BTreeMap<String, String> = config
+        .resolve
+        .iter()
+        .map(|(h, u)| (h.to_ascii_lowercase(), u.clone()))
+        .collect();
+    for proxy in &config.proxies {
+        resolve
+            .entry(proxy.host.to_ascii_lowercase())
+            .or_insert_with(|| self_url.to_string());
+    }
+    resolve
+}
+
+/// Start serving on `listen` (`127.0.0.1:0` picks a free port).
+pub async fn start(config: EmulatorConfig, listen: SocketAddr) -> anyhow::Result<RunningEmulator> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    let addr = listener.local_addr()?;
+    let self_url = format!("http://{addr}");
+    let fleet = ProxyFleet::new(config.proxies.clone())
+        .map_err(|e| anyhow::anyhow!("invalid proxy configuration: {e}"))?;
+    let resolve = initial_resolve(&config, &self_url);
+    let caller = ProxyCaller::new(
+        resolve.clone().into_iter().collect(),
+        Duration::from_millis(config.proxy_timeout_ms),
+    );
+    let kms = Arc::new(KmsService::new(
+        settings_of(&config),
+        FaultEngine::new(config.faults.clone()),
+        caller,
+    ));
+    let control = Arc::new(EmulatorControl::new(kms, fleet, resolve, self_url, config));
+    let app = Router::new()
+        .nest("/_emulator", control::router())
+        .fallback(serve)
+        .with_state(Arc::clone(&control));
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        let shutdown = async {
+            let _ = stopped.await;
+        };
+        if let Err(error) = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            tracing::error!(%error, "emulator server stopped");
+        }
+    });
+    tracing::info!(%addr, "KMS emulator listening");
+    Ok(RunningEmulator {
+        addr,
+        control,
+        stop,
+        server,
+    })
+}
+
+/// Proxy requests by Host header, else the KMS API.
+async fn serve(State(control): State<Arc<EmulatorControl>>, req: Request) -> Response {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| req.uri().authority().map(|a| a.to_string()));
+    if host.is_some_and(|h| control.fleet().serves_host(&h)) {
+        return control.fleet().handle(req).await;
+    }
+    if req.method() != Method::POST || req.uri().path() != "/" {
+        return KmsError::new(
+            "UnknownOperationException",
+            "The KMS emulator answers POST / with an X-Amz-Target header.",
+        )
+        .into_response();
+    }
+    let (parts, body) = req.into_parts();
+    let body = match axum::body::to_bytes(body, MAX_KMS_BODY).await {
+        Ok(b) => b,
+        Err(_) => {
+            return KmsError::new(
+                "SerializationException",
+                "The request body could not be read.",
+            )
+            .into_response();
+        }
+    };
+    control.kms().handle(&parts.headers, body).await
+}
+
+/// What `xks-operator emulator` runs: serve until Ctrl-C or SIGTERM.
+pub async fn run_cli(listen: SocketAddr, config: Option<PathBuf>) -> anyhow::Result<()> {
+    let config = match config {
+        Some(path) => EmulatorConfig::from_yaml_file(&path)?,
+        None => EmulatorConfig::default(),
+    };
+    let running = start(config, listen).await?;
+    println!("KMS emulator listening on {}", running.kms_endpoint());
+    for (host, url) in running.proxy_resolve_map() {
+        println!("  XKS proxy https://{host} -> {url}");
+    }
+    wait_for_signal().await;
+    running.shutdown().await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
