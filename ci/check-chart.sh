@@ -9,7 +9,10 @@ cd "$root"
 py="${PYTHON:-python3}"
 if ! "$py" -c 'import helm_python, kubernetes_validate, jsonschema, celpy, yaml' 2>/dev/null; then
   echo "check-chart: installing ci/requirements.txt from PyPI"
-  "$py" -m pip install --quiet --disable-pip-version-check -r ci/requirements.txt
+  # A Debian system python refuses global installs (PEP 668): fall back to
+  # --user --break-system-packages there.
+  "$py" -m pip install --quiet --disable-pip-version-check -r ci/requirements.txt \
+    || "$py" -m pip install --quiet --disable-pip-version-check --user --break-system-packages -r ci/requirements.txt
 fi
 
 bash ci/check-crd-sync.sh

@@ -639,6 +639,8 @@ def check_flux_exprs() -> None:
         doc = f.read()
     ks = [yaml.safe_load(b) for b in re.findall(r"```yaml\n(.*?)```", doc, re.S) if "kind: Kustomization" in b]
     assert len(ks) == 1, "expected one Kustomization block"
+    with open(os.path.join(ROOT, "gitops", "flux", "key-stores-kustomization.yaml")) as f:
+        assert yaml.safe_load(f) == ks[0], "gitops/flux/key-stores-kustomization.yaml differs from docs/gitops.md"
     exprs = [e for e in ks[0]["spec"]["healthCheckExprs"] if e["kind"] == "ExternalKeyStore"]
     assert len(exprs) == 1 and exprs[0]["apiVersion"] == "xks-operator.io/v1alpha1", exprs
     progs = {k: CEL_ENV.program(CEL_ENV.compile(exprs[0][k])) for k in ("inProgress", "failed", "current")}
