@@ -8,7 +8,9 @@
 //! cannot pass on both sides.
 
 pub mod api;
+pub mod cli;
 pub mod controller;
+pub mod credentials;
 pub mod emulator;
 pub mod engine;
 pub mod error;

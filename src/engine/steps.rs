@@ -1,0 +1,538 @@
+//! One function per step. Each first looks at what KMS reports now, so that
+//! a step that already took effect before a crash is recognised instead of
+//! repeated, and records "about to call" in status before its side effect.
+
+use super::{Engine, EngineError, StatusSink, observed_proxy, record_observation};
+use crate::api::{ExternalKeyStoreStatus, ObservedProxy, StepName, StepState};
+use crate::error::ErrorCategory;
+use crate::kms::{CreateStore, KeyStores, KmsError, UpdateStore};
+use crate::model::{ConnectionState, Connectivity, ObservedStore, ProxyCredential};
+use crate::plan::{self, Desired};
+use crate::xks::{KeyManagerHealth, ProbeError, ProxyProbe, ProxyTarget};
+
+/// Why a step did not succeed, in words for the user. Never holds a secret.
+#[derive(Clone, Debug)]
+pub struct StepError {
+    pub category: ErrorCategory,
+    pub message: String,
+}
+
+pub(super) enum StepResult {
+    Done(String),
+    /// KMS is transitioning; look again later.
+    Wait(String),
+    /// A retryable error; back off and try the step again.
+    Retry(StepError),
+    /// A terminal error.
+    Fail(StepError),
+}
+
+/// Errors KMS or the network may clear by themselves are retried forever
+/// (with backoff); other retryable categories a bounded number of times.
+const MAX_ATTEMPTS: u32 = 5;
+
+pub(super) async fn run_step<K: KeyStores, P: ProxyProbe, S: StatusSink>(
+    engine: &Engine<K, P>,
+    index: usize,
+    desired: &Desired,
+    credential: &ProxyCredential,
+    status: &mut ExternalKeyStoreStatus,
+    sink: &mut S,
+) -> Result<StepResult, EngineError> {
+    let Some(step) = status.operation.as_ref().and_then(|o| o.steps.get(index)) else {
+        return Ok(StepResult::Done(String::new()));
+    };
+    let name = step.name;
+    let earlier_attempts = step.attempts;
+    let run = StepRun {
+        engine,
+        index,
+        desired,
+        credential,
+    };
+    match name {
+        StepName::Preflight => run.preflight(status, sink).await,
+        StepName::Create => run.create(status, sink, earlier_attempts).await,
+        StepName::Disconnect | StepName::RollbackDisconnect => run.disconnect(status, sink).await,
+        StepName::Update => run.update(status, sink, desired.clone()).await,
+        StepName::RestorePrevious => {
+            let previous = status.operation.as_ref().and_then(|o| o.previous.clone());
+            match previous {
+                Some(previous) => {
+                    let target = restore_target(desired, &previous, status);
+                    run.update(status, sink, target).await
+                }
+                None => Ok(StepResult::Fail(StepError {
+                    category: ErrorCategory::Internal,
+                    message: "no previous proxy configuration was recorded".into(),
+                })),
+            }
+        }
+        StepName::HealthCheck => run.health_check(status, sink).await,
+        StepName::Connect | StepName::RollbackConnect => {
+            run.connect(status, sink, earlier_attempts).await
+        }
+        StepName::Delete => run.delete(status, sink).await,
+    }
+}
+
+struct StepRun<'a, K, P> {
+    engine: &'a Engine<K, P>,
+    index: usize,
+    desired: &'a Desired,
+    credential: &'a ProxyCredential,
+}
+
+impl<K: KeyStores, P: ProxyProbe> StepRun<'_, K, P> {
+    /// Record "about to call" (state Running, one more attempt) before a
+    /// side effect, so a crash right after the call is recognised on resume.
+    async fn begin_call<S: StatusSink>(
+        &self,
+        status: &mut ExternalKeyStoreStatus,
+        sink: &mut S,
+    ) -> Result<u32, EngineError> {
+        let now = self.engine.clock.now();
+        let mut attempts = 1;
+        if let Some(step) = status
+            .operation
+            .as_mut()
+            .and_then(|o| o.steps.get_mut(self.index))
+        {
+            step.state = StepState::Running;
+            step.attempts += 1;
+            attempts = step.attempts;
+            if step.started_at.is_none() {
+                step.started_at = Some(now);
+            }
+        }
+        sink.write(status).await?;
+        Ok(attempts)
+    }
+
+    fn target(&self, uri_endpoint: &str, uri_path: &str) -> ProxyTarget {
+        ProxyTarget {
+            uri_endpoint: uri_endpoint.to_string(),
+            uri_path: uri_path.to_string(),
+            region: self.engine.region.clone(),
+            credential: self.credential.clone(),
+        }
+    }
+
+    /// Describe the store this operation works on, fresh.
+    async fn current(
+        &self,
+        status: &mut ExternalKeyStoreStatus,
+    ) -> Result<ObservedStore, StepResult> {
+        let Some(id) = status.key_store_id.clone() else {
+            return Err(StepResult::Fail(StepError {
+                category: ErrorCategory::Internal,
+                message: "no key store id recorded".into(),
+            }));
+        };
+        match self.engine.kms.describe_by_id(&id).await {
+            Ok(Some(store)) => {
+                record_observation(status, Some(&store));
+                Ok(store)
+            }
+            Ok(None) => Err(StepResult::Fail(StepError {
+                category: ErrorCategory::NotFound,
+                message: format!("store {id} no longer exists in KMS"),
+            })),
+            Err(e) => Err(kms_result(&e, 1)),
+        }
+    }
+
+    async fn preflight<S: StatusSink>(
+        &self,
+        status: &mut ExternalKeyStoreStatus,
+        sink: &mut S,
+    ) -> Result<StepResult, EngineError> {
+        let attempts = self.begin_call(status, sink).await?;
+        let proxy = &self.desired.proxy;
+        let target = self.target(&proxy.uri_endpoint, &proxy.uri_path);
+        let health = match self.engine.probe.health(&target).await {
+            Ok(h) => h,
+            Err(e) => return Ok(self.proxy_result(&e, attempts, "the new proxy")),
+        };
+        if !health.is_usable() {
+            return Ok(self.bounded_retry(
+                StepError {
+                    category: ErrorCategory::ProxyUnhealthy,
+                    message: format!(
+                        "the new proxy at {}{} answers, but all {} of its key managers are UNAVAILABLE",
+                        proxy.uri_endpoint,
+                        proxy.uri_path,
+                        health.key_managers.len()
+                    ),
+                },
+                attempts,
+                self.engine.options.max_proxy_attempts,
+            ));
+        }
+        let active = health
+            .key_managers
+            .iter()
+            .filter(|m| m.health == KeyManagerHealth::Active)
+            .count();
+        let mut message = format!(
+            "new proxy {}{} is healthy ({} {}, {active}/{} key managers ACTIVE)",
+            proxy.uri_endpoint,
+            proxy.uri_path,
+            health.proxy_vendor,
+            health.proxy_model,
+            health.key_managers.len()
+        );
+
+        // Key continuity: every KMS key of the store must be served by the
+        // new proxy, or switching would strand its ciphertext.
+        if let Some(id) = status.key_store_id.clone() {
+            let keys = match self.engine.kms.list_store_keys(&id).await {
+                Ok(keys) => keys,
+                Err(e) => return Ok(kms_result(&e, attempts)),
+            };
+            let mut missing = Vec::new();
+            for key in &keys {
+                match self
+                    .engine
+                    .probe
+                    .key_metadata(&target, &key.external_key_id)
+                    .await
+                {
+                    Ok(meta) if meta.is_usable() => {}
+                    Ok(meta) => missing.push(format!(
+                        "{} (external key {}: {} {})",
+                        key.key_id, key.external_key_id, meta.key_spec, meta.key_status
+                    )),
+                    Err(ProbeError::KeyNotFound) => missing.push(format!(
+                        "{} (external key {} not found)",
+                        key.key_id, key.external_key_id
+                    )),
+                    Err(e) => return Ok(self.proxy_result(&e, attempts, "the new proxy")),
+                }
+            }
+            if !missing.is_empty() {
+                return Ok(StepResult::Fail(StepError {
+                    category: ErrorCategory::KeyContinuity,
+                    message: format!(
+                        "refusing to switch: the new proxy does not serve {} of the {} KMS keys of the store, whose ciphertext would become undecryptable: {}",
+                        missing.len(),
+                        keys.len(),
+                        missing.join(", ")
+                    ),
+                }));
+            }
+            message.push_str(&format!(
+                "; serves all {} external keys of the store",
+                keys.len()
+            ));
+        }
+        Ok(StepResult::Done(message))
+    }
+
+    async fn create<S: StatusSink>(
+        &self,
+        status: &mut ExternalKeyStoreStatus,
+        sink: &mut S,
+        earlier_attempts: u32,
+    ) -> Result<StepResult, EngineError> {
+        // KMS's create takes no idempotency token: if an earlier attempt may
+        // have gone through, adopt what it made instead of making a second.
+        if earlier_attempts > 0 {
+            match self.engine.kms.describe_by_name(&self.desired.name).await {
+                Ok(Some(store)) => {
+                    record_observation(status, Some(&store));
+                    return Ok(StepResult::Done(format!(
+                        "adopted store {} made by an earlier attempt whose answer was lost",
+                        store.id
+                    )));
+                }
+                Ok(None) => {}
+                Err(e) => return Ok(kms_result(&e, 1)),
+            }
+        }
+        let attempts = self.begin_call(status, sink).await?;
+        let req = CreateStore {
+            name: self.desired.name.clone(),
+            proxy: self.desired.proxy.clone(),
+            credential: self.credential.clone(),
+        };
+        match self.engine.kms.create(&req).await {
+            Ok(id) => {
+                status.key_store_id = Some(id.clone());
+                status.key_store_name = Some(self.desired.name.clone());
+                status.connection_state = Some(ConnectionState::Disconnected.to_string());
+                status.proxy = Some(observed_proxy(&self.desired.proxy));
+                status.credential_fingerprint = Some(self.desired.credential_fingerprint.clone());
+                Ok(StepResult::Done(format!("created store {id}")))
+            }
+            Err(e) => Ok(kms_result(&e, attempts)),
+        }
+    }
+
+    async fn disconnect<S: StatusSink>(
+        &self,
+        status: &mut ExternalKeyStoreStatus,
+        sink: &mut S,
+    ) -> Result<StepResult, EngineError> {
+        let store = match self.current(status).await {
+            Ok(s) => s,
+            Err(r) => return Ok(r),
+        };
+        match store.connection_state {
+            ConnectionState::Disconnected => Ok(StepResult::Done("store is DISCONNECTED".into())),
+            ConnectionState::Disconnecting => Ok(StepResult::Wait(
+                "waiting for DISCONNECTED (KMS reports DISCONNECTING)".into(),
+            )),
+            ConnectionState::Connected | ConnectionState::Connecting | ConnectionState::Failed => {
+                let attempts = self.begin_call(status, sink).await?;
+                match self.engine.kms.disconnect(&store.id).await {
+                    Ok(()) => Ok(StepResult::Wait(
+                        "disconnect requested; waiting for DISCONNECTED".into(),
+                    )),
+                    Err(e) => Ok(kms_result(&e, attempts)),
+                }
+            }
+        }
+    }
+
+    async fn update<S: StatusSink>(
+        &self,
+        status: &mut ExternalKeyStoreStatus,
+        sink: &mut S,
+        target: Desired,
+    ) -> Result<StepResult, EngineError> {
+        let store = match self.current(status).await {
+            Ok(s) => s,
+            Err(r) => return Ok(r),
+        };
+        let d = plan::diff(&target, &store, status.credential_fingerprint.as_deref());
+        if !d.any() {
+            return Ok(StepResult::Done(
+                "KMS already has the new configuration".into(),
+            ));
+        }
+        if d.needs_disconnect() && store.connection_state != ConnectionState::Disconnected {
+            // Never send a disconnect-only field to a store that is not
+            // DISCONNECTED; someone reconnected it underneath us.
+            return Ok(self.bounded_retry(
+                StepError {
+                    category: ErrorCategory::InvalidState,
+                    message: format!(
+                        "the store is {} but {} can only change while DISCONNECTED",
+                        store.connection_state,
+                        d.changed_fields().join(", ")
+                    ),
+                },
+                status_attempts(status, self.index) + 1,
+                MAX_ATTEMPTS,
+            ));
+        }
+        let want = &target.proxy;
+        let vpc = want.connectivity == Connectivity::VpcEndpointService;
+        let req = UpdateStore {
+            id: store.id.clone(),
+            new_name: d.name.then(|| target.name.clone()),
+            credential: d.credential.then(|| self.credential.clone()),
+            uri_path: d.uri_path.then(|| want.uri_path.clone()),
+            uri_endpoint: d.uri_endpoint.then(|| want.uri_endpoint.clone()),
+            connectivity: d.connectivity.then_some(want.connectivity),
+            // Switching to a public endpoint clears the service with "".
+            vpc_endpoint_service_name: (d.vpc_endpoint_service_name || d.connectivity).then(|| {
+                if vpc {
+                    want.vpc_endpoint_service_name.clone().unwrap_or_default()
+                } else {
+                    String::new()
+                }
+            }),
+            vpc_endpoint_service_owner: (vpc && d.vpc_endpoint_service_owner)
+                .then(|| want.vpc_endpoint_service_owner.clone().unwrap_or_default()),
+        };
+        let attempts = self.begin_call(status, sink).await?;
+        match self.engine.kms.update(&req).await {
+            Ok(()) => {
+                if d.credential {
+                    status.credential_fingerprint = Some(target.credential_fingerprint.clone());
+                }
+                Ok(StepResult::Done(format!(
+                    "updated {}",
+                    d.changed_fields().join(", ")
+                )))
+            }
+            Err(e) => Ok(kms_result(&e, attempts)),
+        }
+    }
+
+    async fn health_check<S: StatusSink>(
+        &self,
+        status: &mut ExternalKeyStoreStatus,
+        sink: &mut S,
+    ) -> Result<StepResult, EngineError> {
+        let store = match self.current(status).await {
+            Ok(s) => s,
+            Err(r) => return Ok(r),
+        };
+        let Some(proxy) = store.proxy.as_ref() else {
+            return Ok(StepResult::Done("not an XKS store".into()));
+        };
+        let attempts = self.begin_call(status, sink).await?;
+        let target = self.target(&proxy.uri_endpoint, &proxy.uri_path);
+        match self.engine.probe.health(&target).await {
+            Ok(h) if h.is_usable() => Ok(StepResult::Done(format!(
+                "proxy at {}{} (now in KMS) is healthy",
+                proxy.uri_endpoint, proxy.uri_path
+            ))),
+            Ok(_) => Ok(self.bounded_retry(
+                StepError {
+                    category: ErrorCategory::ProxyUnhealthy,
+                    message: "all key managers of the proxy are UNAVAILABLE".into(),
+                },
+                attempts,
+                self.engine.options.max_proxy_attempts,
+            )),
+            Err(e) => Ok(self.proxy_result(&e, attempts, "the proxy now in KMS")),
+        }
+    }
+
+    async fn connect<S: StatusSink>(
+        &self,
+        status: &mut ExternalKeyStoreStatus,
+        sink: &mut S,
+        earlier_attempts: u32,
+    ) -> Result<StepResult, EngineError> {
+        let store = match self.current(status).await {
+            Ok(s) => s,
+            Err(r) => return Ok(r),
+        };
+        match store.connection_state {
+            ConnectionState::Connected => Ok(StepResult::Done("store is CONNECTED".into())),
+            ConnectionState::Connecting => Ok(StepResult::Wait(
+                "waiting for CONNECTED (KMS reports CONNECTING)".into(),
+            )),
+            ConnectionState::Disconnecting => Ok(StepResult::Wait(
+                "waiting for DISCONNECTED before connecting".into(),
+            )),
+            ConnectionState::Failed => {
+                let code = store
+                    .connection_error_code
+                    .as_deref()
+                    .unwrap_or("no ConnectionErrorCode");
+                let why = super::remediation::connection_error_advice(code);
+                let message = if earlier_attempts > 0 {
+                    format!("the store failed to connect: {code}: {why}")
+                } else {
+                    format!("the store is FAILED ({code}): {why}")
+                };
+                Ok(StepResult::Fail(StepError {
+                    category: ErrorCategory::ConnectionFailed,
+                    message,
+                }))
+            }
+            ConnectionState::Disconnected => {
+                let attempts = self.begin_call(status, sink).await?;
+                match self.engine.kms.connect(&store.id).await {
+                    Ok(()) => Ok(StepResult::Wait(
+                        "connect requested; waiting for CONNECTED".into(),
+                    )),
+                    Err(e) => Ok(kms_result(&e, attempts)),
+                }
+            }
+        }
+    }
+
+    async fn delete<S: StatusSink>(
+        &self,
+        status: &mut ExternalKeyStoreStatus,
+        sink: &mut S,
+    ) -> Result<StepResult, EngineError> {
+        let Some(id) = status.key_store_id.clone() else {
+            return Ok(StepResult::Done("no store to delete".into()));
+        };
+        match self.engine.kms.describe_by_id(&id).await {
+            Ok(None) => return Ok(StepResult::Done(format!("store {id} is already gone"))),
+            Ok(Some(_)) => {}
+            Err(e) => return Ok(kms_result(&e, 1)),
+        }
+        let attempts = self.begin_call(status, sink).await?;
+        match self.engine.kms.delete(&id).await {
+            Ok(()) => {
+                record_observation(status, None);
+                Ok(StepResult::Done(format!("deleted store {id}")))
+            }
+            Err(e) if e.category() == ErrorCategory::StoreHasKeys => {
+                let count = self
+                    .engine
+                    .kms
+                    .list_store_keys(&id)
+                    .await
+                    .map(|k| k.len().to_string())
+                    .unwrap_or_else(|_| "some".into());
+                Ok(StepResult::Fail(StepError {
+                    category: ErrorCategory::StoreHasKeys,
+                    message: format!(
+                        "KMS refuses to delete store {id}: it still holds {count} KMS keys. Schedule their deletion and wait for it to complete, or set deletionPolicy: Retain to release the store untouched"
+                    ),
+                }))
+            }
+            Err(e) => Ok(kms_result(&e, attempts)),
+        }
+    }
+
+    fn proxy_result(&self, e: &ProbeError, attempts: u32, which: &str) -> StepResult {
+        let err = StepError {
+            category: e.category(),
+            message: format!("{which}: {e}"),
+        };
+        self.bounded_retry(err, attempts, self.engine.options.max_proxy_attempts)
+    }
+
+    fn bounded_retry(&self, err: StepError, attempts: u32, max: u32) -> StepResult {
+        if err.category.is_retryable() && attempts < max {
+            StepResult::Retry(err)
+        } else {
+            StepResult::Fail(err)
+        }
+    }
+}
+
+fn status_attempts(status: &ExternalKeyStoreStatus, index: usize) -> u32 {
+    status
+        .operation
+        .as_ref()
+        .and_then(|o| o.steps.get(index))
+        .map_or(0, |s| s.attempts)
+}
+
+/// KMS errors: throttling and 5xx retry without bound (they clear by
+/// themselves); other retryable ones a few times; the rest are terminal.
+fn kms_result(e: &KmsError, attempts: u32) -> StepResult {
+    let category = e.category();
+    let err = StepError {
+        category,
+        message: e.to_string(),
+    };
+    match category {
+        ErrorCategory::Throttled | ErrorCategory::Transient => StepResult::Retry(err),
+        c if c.is_retryable() && attempts < MAX_ATTEMPTS => StepResult::Retry(err),
+        _ => StepResult::Fail(err),
+    }
+}
+
+/// The configuration to restore on rollback: the recorded previous proxy
+/// location, with today's name and credential (the old secret is not kept).
+fn restore_target(
+    desired: &Desired,
+    previous: &ObservedProxy,
+    status: &ExternalKeyStoreStatus,
+) -> Desired {
+    let mut target = desired.clone();
+    target.proxy.connectivity =
+        Connectivity::from_kms(&previous.connectivity).unwrap_or(target.proxy.connectivity);
+    target.proxy.uri_endpoint = previous.uri_endpoint.clone();
+    target.proxy.uri_path = previous.uri_path.clone();
+    target.proxy.vpc_endpoint_service_name = previous.vpc_endpoint_service_name.clone();
+    target.proxy.vpc_endpoint_service_owner = previous.vpc_endpoint_service_owner.clone();
+    if let Some(fp) = &status.credential_fingerprint {
+        target.credential_fingerprint = fp.clone();
+    }
+    target
+}
