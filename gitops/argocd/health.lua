@@ -107,8 +107,11 @@ if op ~= nil and op.phase == "AwaitingApproval" then
   if why == nil or why == "" then
     why = op.trigger or "a disruptive change"
   end
-  hs.message = "Awaiting approval: " .. why .. ". Approve with the annotation xks-operator.io/approve-generation: \"" ..
-    (op.generation or generation or "<generation>") .. "\""
+  hs.message = "Awaiting approval: " .. why
+  if not string.find(why, "xks-operator.io/approve-generation", 1, true) then
+    hs.message = hs.message .. ". Approve with the annotation xks-operator.io/approve-generation: \"" ..
+      (op.generation or generation or "<generation>") .. "\""
+  end
   return hs
 end
 
