@@ -1,9 +1,12 @@
 -- Runs health.lua against every fixture and compares with fixtures/expected.json.
--- Usage (from any directory): lua5.1 gitops/argocd/test.lua
+-- Usage (from any directory): lua5.1 gitops/argocd/test.lua [FIXTURES_DIR]
+-- FIXTURES_DIR defaults to gitops/argocd/fixtures; it holds *.json objects and
+-- an expected.json mapping each file to {status, message (a substring)}.
 -- Exits 1 on any mismatch, on a fixture without an expectation and on an
 -- expectation without a fixture. JSON null becomes nil, as in Argo CD.
 
 local here = (arg and arg[0] or "test.lua"):match("^(.*)/[^/]*$") or "."
+local fixtures_dir = (arg and arg[1]) or (here .. "/fixtures")
 
 ---------------------------------------------------------------------------
 -- A small JSON decoder (RFC 8259; \u escapes to UTF-8, surrogate pairs).
@@ -200,10 +203,10 @@ local function health(object)
   return health_chunk()
 end
 
-local expected = json.decode(read(here .. "/fixtures/expected.json"))
+local expected = json.decode(read(fixtures_dir .. "/expected.json"))
 
 local fixtures = {}
-local ls = assert(io.popen('ls "' .. here .. '/fixtures"'))
+local ls = assert(io.popen('ls "' .. fixtures_dir .. '"'))
 for name in ls:lines() do
   if name:match("%.json$") and name ~= "expected.json" then
     fixtures[#fixtures + 1] = name
@@ -218,7 +221,7 @@ for _, name in ipairs(fixtures) do
   seen[name] = true
   local want = expected[name]
   local ok, result = pcall(function()
-    return health(json.decode(read(here .. "/fixtures/" .. name)))
+    return health(json.decode(read(fixtures_dir .. "/" .. name)))
   end)
   local problem
   if want == nil then
