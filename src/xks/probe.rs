@@ -244,19 +244,25 @@ fn transport_error(e: reqwest::Error) -> ProbeError {
 }
 
 /// The rustls error somewhere in the chain, if the failure is a TLS one.
-/// `io::Error` hides its inner error from `source()`, so look inside it too.
+/// Connectors wrap it in `io::Error`s (even nested ones), which hide
+/// their inner error from `source()`, so those are unwrapped too.
 fn tls_error(e: &reqwest::Error) -> Option<String> {
-    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = next {
+    fn unwrap(err: &(dyn std::error::Error + 'static)) -> Option<String> {
         if let Some(tls) = err.downcast_ref::<rustls::Error>() {
             return Some(tls.to_string());
         }
-        if let Some(tls) = err
+        if let Some(inner) = err
             .downcast_ref::<std::io::Error>()
             .and_then(|io| io.get_ref())
-            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
         {
-            return Some(tls.to_string());
+            return unwrap(inner);
+        }
+        None
+    }
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = next {
+        if let Some(tls) = unwrap(err) {
+            return Some(tls);
         }
         next = err.source();
     }
