@@ -27,6 +27,8 @@ Run by ci/check-chart.sh (which installs the Python packages). Checks:
    documented actions.
 
 `--write-manifests` regenerates deploy/manifests/xks-operator.yaml instead.
+`--check-flags [BINARY]` checks that `BINARY run --help` knows every flag the
+chart passes (ci/check-chart-flags.sh).
 
 Prints one line per check and a closing "N passed, N failed" line; exits 1 on
 any failure.
@@ -664,7 +666,32 @@ def check_flux_exprs() -> None:
     assert not wrong, "; ".join(wrong)
 
 
+def check_flags_against_binary(binary: str) -> int:
+    """Every flag the chart passes to `xks-operator run` (for every value set)
+    must appear in `xks-operator run --help`."""
+    import subprocess
+    flags: set[str] = set()
+    for path in good_value_files():
+        objs = render(OPERATOR_CHART, load_values(path))
+        args = container(objs)["args"]
+        assert args[0] == "run"
+        flags.update(a for a in args if a.startswith("--"))
+    out = subprocess.run([binary, "run", "--help"], capture_output=True, text=True, timeout=60)
+    if out.returncode != 0:
+        print(f"check-chart-flags: FAIL `{binary} run --help` exited {out.returncode}: {out.stderr.strip()[:300]}")
+        return 1
+    missing = sorted(f for f in flags if not re.search(re.escape(f) + r"(?![A-Za-z0-9-])", out.stdout))
+    for f in sorted(flags):
+        print(f"{'FAIL' if f in missing else 'ok  '} run {f}")
+    print(f"check-chart-flags: {len(flags) - len(missing)} passed, {len(missing)} failed")
+    return 1 if missing else 0
+
+
 def main() -> int:
+    if "--check-flags" in sys.argv:
+        i = sys.argv.index("--check-flags")
+        binary = sys.argv[i + 1] if i + 1 < len(sys.argv) else os.path.join(ROOT, "target", "debug", "xks-operator")
+        return check_flags_against_binary(binary)
     if "--write-manifests" in sys.argv:
         os.makedirs(os.path.dirname(MANIFESTS), exist_ok=True)
         with open(MANIFESTS, "w") as f:
