@@ -28,6 +28,9 @@ enum LogFormat {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the in-cluster controller (watches ExternalKeyStores and their
+    /// Secrets; serves /health, /ready and /metrics).
+    Run(xks_operator::controller::RunArgs),
     /// Run against an embedded KMS + XKS proxy emulator: create and connect a
     /// store, rotate its endpoint (disconnect → update → health check →
     /// reconnect), refuse bad changes. Needs no cloud and no cluster.
@@ -110,6 +113,7 @@ async fn main() -> ExitCode {
         Command::Emulator { listen, config } => {
             xks_operator::emulator::run_cli(listen, config).await.map(|()| 0)
         }
+        Command::Run(args) => xks_operator::controller::run(args).await.map(|()| 0),
         Command::Crd => serde_yaml::to_string(&ExternalKeyStore::crd())
             .map(|yaml| {
                 print!("{yaml}");

@@ -1,1 +1,472 @@
-//! The in-cluster controller (issue 4). Not yet built.
+//! The in-cluster controller (`xks-operator run`): a kube-runtime
+//! `Controller` on ExternalKeyStores that also watches the credential
+//! Secrets, drives the engine, writes status by server-side apply, records
+//! Events, serves health/readiness/metrics and, when asked, runs only while
+//! it holds a leader-election Lease.
+//!
+//! `reconcile` is generic over a [`Backend`] (where KMS and the proxy probe
+//! come from) so tests run it against fakes and a mocked API server.
+
+pub mod describe_cache;
+pub mod http;
+pub mod leader;
+pub mod metrics;
+pub mod reconcile;
+pub mod secrets;
+pub mod status;
+
+pub use reconcile::{Error, error_policy, reconcile};
+
+use crate::api::{ExternalKeyStore, MANAGER};
+use crate::engine::{Engine, EngineOptions};
+use crate::kms::KeyStores;
+use crate::kms::aws::AwsKeyStores;
+use crate::xks::ProxyProbe;
+use crate::xks::probe::{HttpProxyProbe, ProbeOptions};
+use anyhow::{Context as _, bail};
+use describe_cache::DescribeCache;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::ListParams;
+use kube::runtime::controller::{self, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::Store;
+use kube::runtime::watcher;
+use kube::{Api, Client};
+use metrics::Metrics;
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Flags of `xks-operator run` (the Helm chart passes these).
+#[derive(clap::Args, Clone, Debug)]
+pub struct RunArgs {
+    /// Address of the HTTP server for /health, /ready and /metrics.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    pub listen_addr: SocketAddr,
+    /// Run the controller only while holding a Lease in POD_NAMESPACE, so
+    /// that several replicas never act on the same store at once.
+    #[arg(long)]
+    pub leader_election: bool,
+    /// Name of the leader-election Lease.
+    #[arg(long, default_value = "xks-operator-leader")]
+    pub lease_name: String,
+    /// Watch ExternalKeyStores (and Secrets) in this namespace only.
+    /// Default: all namespaces.
+    #[arg(long)]
+    pub watch_namespace: Option<String>,
+    /// Default interval of the drift check against KMS (e.g. 30s, 5m, 1h);
+    /// `spec.driftInterval` overrides it per resource.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub drift_interval: Duration,
+    /// Calls per second per KMS custom-key-store operation (KMS allows 5).
+    #[arg(long, default_value_t = 4.5)]
+    pub kms_rate_limit: f64,
+    /// Resources reconciled at the same time.
+    #[arg(long, default_value_t = 4)]
+    pub concurrency: u16,
+    /// How long one DescribeCustomKeyStores listing serves the drift checks
+    /// of every resource of an account and Region (0s disables the cache).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub describe_cache_ttl: Duration,
+}
+
+/// Parses `30s`, `5m`, `1h`, or a sum of them such as `1h30m`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err("empty duration: expected e.g. 30s, 5m or 1h".into());
+    }
+    let mut total = Duration::ZERO;
+    let mut digits = String::new();
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            digits.push(c);
+            continue;
+        }
+        let unit = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            _ => return Err(format!("invalid duration {text:?}: units are s, m and h")),
+        };
+        let n: u64 = digits
+            .parse()
+            .map_err(|_| format!("invalid duration {text:?}: a number must precede each unit"))?;
+        total += Duration::from_secs(n.saturating_mul(unit));
+        digits.clear();
+    }
+    if !digits.is_empty() {
+        return Err(format!(
+            "invalid duration {text:?}: the last number has no unit (s, m or h)"
+        ));
+    }
+    Ok(total)
+}
+
+/// Where the engine's ports come from: AWS and HTTPS in production,
+/// fakes in tests.
+pub trait Backend: Send + Sync + 'static {
+    type Kms: KeyStores + 'static;
+    type Probe: ProxyProbe + 'static;
+    /// The KMS client of `region`; called once per Region (the Context
+    /// keeps one engine per Region).
+    fn key_stores(&self, region: &str) -> impl Future<Output = Self::Kms> + Send;
+    fn probe(&self) -> Self::Probe;
+    /// The Region of a resource without `spec.region`.
+    fn default_region(&self) -> Option<String>;
+}
+
+/// aws-sdk-kms with the standard AWS configuration chain (IRSA, Pod
+/// Identity, env), rate limited per operation, and the HTTPS proxy probe.
+pub struct AwsBackend {
+    rate_limit: f64,
+    default_region: Option<String>,
+    probe: HttpProxyProbe,
+    /// Every client built, per Region, for the KMS call metrics.
+    clients: Arc<Mutex<Vec<(String, AwsKeyStores)>>>,
+}
+
+impl AwsBackend {
+    pub async fn new(rate_limit: f64) -> anyhow::Result<Self> {
+        let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+        let default_region = config.region().map(|r| r.to_string());
+        match &default_region {
+            Some(region) => tracing::info!(%region, "default AWS Region"),
+            None => tracing::warn!("no default AWS Region: resources must set spec.region"),
+        }
+        let probe = HttpProxyProbe::new(ProbeOptions::default())
+            .context("building the proxy HTTP client")?;
+        Ok(Self {
+            rate_limit,
+            default_region,
+            probe,
+            clients: Arc::default(),
+        })
+    }
+
+    /// KMS call counters of every Region, for `/metrics`.
+    pub fn stats_source(&self) -> metrics::KmsStatsSource {
+        let clients = self.clients.clone();
+        Box::new(move || {
+            let clients = clients.lock().unwrap_or_else(|p| p.into_inner());
+            clients
+                .iter()
+                .map(|(region, kms)| (region.clone(), kms.stats()))
+                .collect()
+        })
+    }
+}
+
+impl Backend for AwsBackend {
+    type Kms = AwsKeyStores;
+    type Probe = HttpProxyProbe;
+
+    async fn key_stores(&self, region: &str) -> AwsKeyStores {
+        let kms = AwsKeyStores::from_env(Some(region.to_string()))
+            .await
+            .with_rate_limit(self.rate_limit);
+        self.clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((region.to_string(), kms.clone()));
+        kms
+    }
+
+    fn probe(&self) -> HttpProxyProbe {
+        self.probe.clone()
+    }
+
+    fn default_region(&self) -> Option<String> {
+        self.default_region.clone()
+    }
+}
+
+/// Tunables of the reconcile loop.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub drift_interval: Duration,
+    pub describe_cache_ttl: Duration,
+    /// Retry delay after an error that left no status record (API errors).
+    pub error_requeue: Duration,
+    pub engine: EngineOptions,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            drift_interval: Duration::from_secs(300),
+            describe_cache_ttl: Duration::from_secs(10),
+            error_requeue: Duration::from_secs(30),
+            engine: EngineOptions::default(),
+        }
+    }
+}
+
+/// The engine of one Region, behind the shared describe cache.
+pub type RegionEngine<B> = Engine<DescribeCache<<B as Backend>::Kms>, <B as Backend>::Probe>;
+
+/// What every reconcile shares.
+pub struct Context<B: Backend> {
+    pub client: Client,
+    pub backend: B,
+    /// One per process, so repeated Events are counted as a series.
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    pub settings: Settings,
+    engines: tokio::sync::Mutex<HashMap<String, Arc<RegionEngine<B>>>>,
+}
+
+impl<B: Backend> Context<B> {
+    pub fn new(client: Client, backend: B, metrics: Arc<Metrics>, settings: Settings) -> Self {
+        let reporter = Reporter {
+            controller: MANAGER.to_string(),
+            instance: std::env::var("POD_NAME").ok().filter(|n| !n.is_empty()),
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            backend,
+            metrics,
+            settings,
+            engines: tokio::sync::Mutex::default(),
+        }
+    }
+
+    /// The engine of `region`, built on first use.
+    pub async fn engine(&self, region: &str) -> Arc<RegionEngine<B>> {
+        let mut engines = self.engines.lock().await;
+        if let Some(engine) = engines.get(region) {
+            return engine.clone();
+        }
+        let kms = DescribeCache::new(
+            self.backend.key_stores(region).await,
+            self.settings.describe_cache_ttl,
+        );
+        let engine = Arc::new(Engine::new(
+            kms,
+            self.backend.probe(),
+            region,
+            self.settings.engine.clone(),
+        ));
+        engines.insert(region.to_string(), engine.clone());
+        engine
+    }
+}
+
+/// `xks-operator run`.
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let client = Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")?;
+    let metrics = Arc::new(Metrics::new());
+    let readiness = http::Readiness::default();
+    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(http::serve(
+        args.listen_addr,
+        readiness.clone(),
+        metrics.clone(),
+        async move {
+            let _ = http_stopped.await;
+        },
+    ));
+
+    let mut leadership = None;
+    if args.leader_election {
+        let namespace = pod_namespace()?;
+        readiness.set_standby(true);
+        tokio::select! {
+            acquired = leader::acquire(client.clone(), &args.lease_name, &namespace) => {
+                leadership = Some(acquired?);
+            }
+            () = shutdown_signal() => {
+                tracing::info!("stopping before becoming the leader");
+                let _ = stop_http.send(());
+                return Ok(());
+            }
+        }
+        readiness.set_standby(false);
+    }
+
+    let stores_api: Api<ExternalKeyStore> = match &args.watch_namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let secrets_api: Api<Secret> = match &args.watch_namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    tokio::select! {
+        () = wait_for_crd(&stores_api) => {}
+        () = shutdown_signal() => {
+            tracing::info!("stopping before the ExternalKeyStore CRD appeared");
+            let _ = stop_http.send(());
+            if let Some(l) = leadership {
+                l.release().await;
+            }
+            return Ok(());
+        }
+    }
+
+    let backend = AwsBackend::new(args.kms_rate_limit).await?;
+    metrics.set_kms_source(backend.stats_source());
+    let settings = Settings {
+        drift_interval: args.drift_interval,
+        describe_cache_ttl: args.describe_cache_ttl,
+        ..Settings::default()
+    };
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        backend,
+        metrics.clone(),
+        settings,
+    ));
+
+    let mut controller = Controller::new(stores_api, watcher::Config::default());
+    let store = controller.store();
+    metrics.set_store_source({
+        let store = store.clone();
+        Box::new(move || stores_by_state(&store))
+    });
+    tokio::spawn({
+        let store = store.clone();
+        let readiness = readiness.clone();
+        async move {
+            if store.wait_until_ready().await.is_ok() {
+                tracing::info!(resources = store.len(), "ExternalKeyStore watcher synced");
+                readiness.set_synced(true);
+            }
+        }
+    });
+    controller = controller
+        .watches(secrets_api, watcher::Config::default(), move |secret| {
+            secrets::stores_using(&store, &secret)
+        })
+        .with_config(controller::Config::default().concurrency(args.concurrency))
+        // SIGTERM lets running reconciles finish: a step between its KMS
+        // call and its status write is never abandoned.
+        .shutdown_on_signal();
+    if let Some(l) = leadership.as_mut() {
+        controller = controller.graceful_shutdown_on(l.lost());
+    }
+    tracing::info!(
+        namespace = args.watch_namespace.as_deref().unwrap_or("<all>"),
+        concurrency = args.concurrency,
+        "controller started"
+    );
+    controller
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((obj, _)) => tracing::trace!(name = %obj.name, "reconciled"),
+                // error_policy already logged it.
+                Err(controller::Error::ReconcilerFailed(..)) => {}
+                Err(e) => tracing::warn!(error = %e, "controller"),
+            }
+        })
+        .await;
+    tracing::info!("controller stopped");
+
+    readiness.set_synced(false);
+    let lost = match leadership {
+        Some(l) => l.release().await,
+        None => false,
+    };
+    let _ = stop_http.send(());
+    match server.await {
+        Ok(Err(e)) => tracing::warn!(error = %e, "the HTTP server failed"),
+        Err(e) => tracing::warn!(error = %e, "the HTTP server task failed"),
+        Ok(Ok(())) => {}
+    }
+    if lost {
+        bail!(
+            "lost the leader-election Lease; exiting so that Kubernetes restarts this replica as a follower"
+        );
+    }
+    Ok(())
+}
+
+fn pod_namespace() -> anyhow::Result<String> {
+    if let Ok(ns) = std::env::var("POD_NAMESPACE")
+        && !ns.is_empty()
+    {
+        return Ok(ns);
+    }
+    std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+        .map(|ns| ns.trim().to_string())
+        .context("--leader-election needs POD_NAMESPACE (or the service account namespace file)")
+}
+
+/// Until the ExternalKeyStore API answers: while the CRD is missing, say
+/// so every few seconds instead of crash-looping.
+async fn wait_for_crd(api: &Api<ExternalKeyStore>) {
+    let mut delay = Duration::from_secs(2);
+    loop {
+        match api.list_metadata(&ListParams::default().limit(1)).await {
+            Ok(_) => return,
+            Err(e) => {
+                tracing::warn!(
+                    error = %e,
+                    retry_in = ?delay,
+                    "cannot list ExternalKeyStores: is the CRD installed (chart xks-operator-crds) and does RBAC allow it? Retrying"
+                );
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}
+
+/// SIGTERM or Ctrl+C, for the phases before the controller runs.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn stores_by_state(store: &Store<ExternalKeyStore>) -> BTreeMap<String, u64> {
+    let mut counts = BTreeMap::new();
+    for s in store.state() {
+        let state = s
+            .status
+            .as_ref()
+            .and_then(|st| st.connection_state.clone())
+            .unwrap_or_else(|| "Unknown".to_string());
+        *counts.entry(state).or_insert(0) += 1;
+    }
+    counts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_like_the_crd_pattern() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+        assert!(parse_duration("5").is_err());
+        assert!(parse_duration("m").is_err());
+        assert!(parse_duration("5d").is_err());
+        assert!(parse_duration("").is_err());
+    }
+}

@@ -1,0 +1,308 @@
+//! A short-lived cache in front of `KeyStores` so that the drift checks of
+//! every resource of one account and Region share one paginated
+//! `DescribeCustomKeyStores` listing instead of one call each: KMS allows
+//! only a few describe calls per second per account.
+//!
+//! Any mutating call invalidates the listing, so the engine sees its own
+//! changes at once; changes made by others show after at most the TTL.
+
+use crate::kms::{CreateStore, KeyStores, KmsError, UpdateStore};
+use crate::model::{ObservedStore, StoreKey};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+pub struct DescribeCache<K> {
+    inner: K,
+    ttl: Duration,
+    /// Held while listing, so concurrent reconciles wait for one listing
+    /// instead of each starting their own.
+    listing: tokio::sync::Mutex<Option<Snapshot>>,
+    /// Bumped by every mutating call; a listing started before a bump is
+    /// not kept, as it may predate the change.
+    epoch: AtomicU64,
+}
+
+struct Snapshot {
+    taken: Instant,
+    epoch: u64,
+    stores: Arc<Vec<ObservedStore>>,
+}
+
+impl<K: KeyStores> DescribeCache<K> {
+    /// A zero `ttl` disables caching: every call goes to `inner`.
+    pub fn new(inner: K, ttl: Duration) -> Self {
+        Self {
+            inner,
+            ttl,
+            listing: tokio::sync::Mutex::new(None),
+            epoch: AtomicU64::new(0),
+        }
+    }
+
+    pub fn inner(&self) -> &K {
+        &self.inner
+    }
+
+    fn invalidate(&self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+    }
+
+    async fn stores(&self) -> Result<Arc<Vec<ObservedStore>>, KmsError> {
+        let mut listing = self.listing.lock().await;
+        let epoch = self.epoch.load(Ordering::Acquire);
+        if let Some(s) = listing.as_ref()
+            && s.epoch == epoch
+            && s.taken.elapsed() < self.ttl
+        {
+            return Ok(s.stores.clone());
+        }
+        let taken = Instant::now();
+        let stores = Arc::new(self.inner.describe_all().await?);
+        *listing = (self.epoch.load(Ordering::Acquire) == epoch).then(|| Snapshot {
+            taken,
+            epoch,
+            stores: stores.clone(),
+        });
+        Ok(stores)
+    }
+
+    /// Runs a mutating call and forgets the listing whatever its result
+    /// (a failed call may still have changed something, e.g. on a timeout).
+    async fn mutate<T>(
+        &self,
+        call: impl Future<Output = Result<T, KmsError>>,
+    ) -> Result<T, KmsError> {
+        let result = call.await;
+        self.invalidate();
+        result
+    }
+}
+
+impl<K: KeyStores> KeyStores for DescribeCache<K> {
+    async fn describe_by_id(&self, id: &str) -> Result<Option<ObservedStore>, KmsError> {
+        if self.ttl.is_zero() {
+            return self.inner.describe_by_id(id).await;
+        }
+        Ok(self.stores().await?.iter().find(|s| s.id == id).cloned())
+    }
+
+    async fn describe_by_name(&self, name: &str) -> Result<Option<ObservedStore>, KmsError> {
+        if self.ttl.is_zero() {
+            return self.inner.describe_by_name(name).await;
+        }
+        Ok(self
+            .stores()
+            .await?
+            .iter()
+            .find(|s| s.name == name)
+            .cloned())
+    }
+
+    async fn describe_all(&self) -> Result<Vec<ObservedStore>, KmsError> {
+        if self.ttl.is_zero() {
+            return self.inner.describe_all().await;
+        }
+        Ok(self.stores().await?.as_ref().clone())
+    }
+
+    async fn create(&self, req: &CreateStore) -> Result<String, KmsError> {
+        self.mutate(self.inner.create(req)).await
+    }
+
+    async fn update(&self, req: &UpdateStore) -> Result<(), KmsError> {
+        self.mutate(self.inner.update(req)).await
+    }
+
+    async fn connect(&self, id: &str) -> Result<(), KmsError> {
+        self.mutate(self.inner.connect(id)).await
+    }
+
+    async fn disconnect(&self, id: &str) -> Result<(), KmsError> {
+        self.mutate(self.inner.disconnect(id)).await
+    }
+
+    async fn delete(&self, id: &str) -> Result<(), KmsError> {
+        self.mutate(self.inner.delete(id)).await
+    }
+
+    async fn list_store_keys(&self, id: &str) -> Result<Vec<StoreKey>, KmsError> {
+        self.inner.list_store_keys(id).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{ConnectionState, ProxyConfig};
+    use std::sync::Mutex;
+    use std::sync::atomic::AtomicUsize;
+
+    /// Counts calls; `describe_all` is slow enough for callers to overlap.
+    #[derive(Default)]
+    struct Counting {
+        describe_all: AtomicUsize,
+        describe_one: AtomicUsize,
+        mutations: AtomicUsize,
+        stores: Mutex<Vec<ObservedStore>>,
+    }
+
+    fn store(id: &str, name: &str, state: ConnectionState) -> ObservedStore {
+        ObservedStore {
+            id: id.into(),
+            name: name.into(),
+            store_type: "EXTERNAL_KEY_STORE".into(),
+            connection_state: state,
+            connection_error_code: None,
+            proxy: Some(ProxyConfig::default()),
+        }
+    }
+
+    impl Counting {
+        fn with(stores: Vec<ObservedStore>) -> Self {
+            Self {
+                stores: Mutex::new(stores),
+                ..Self::default()
+            }
+        }
+        fn snapshot(&self) -> Vec<ObservedStore> {
+            self.stores.lock().expect("lock").clone()
+        }
+    }
+
+    impl KeyStores for Counting {
+        async fn describe_by_id(&self, id: &str) -> Result<Option<ObservedStore>, KmsError> {
+            self.describe_one.fetch_add(1, Ordering::SeqCst);
+            Ok(self.snapshot().into_iter().find(|s| s.id == id))
+        }
+        async fn describe_by_name(&self, name: &str) -> Result<Option<ObservedStore>, KmsError> {
+            self.describe_one.fetch_add(1, Ordering::SeqCst);
+            Ok(self.snapshot().into_iter().find(|s| s.name == name))
+        }
+        async fn describe_all(&self) -> Result<Vec<ObservedStore>, KmsError> {
+            self.describe_all.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            Ok(self.snapshot())
+        }
+        async fn create(&self, req: &CreateStore) -> Result<String, KmsError> {
+            self.mutations.fetch_add(1, Ordering::SeqCst);
+            let id = format!("cks-{}", req.name);
+            self.stores.lock().expect("lock").push(store(
+                &id,
+                &req.name,
+                ConnectionState::Disconnected,
+            ));
+            Ok(id)
+        }
+        async fn update(&self, _: &UpdateStore) -> Result<(), KmsError> {
+            self.mutations.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+        async fn connect(&self, id: &str) -> Result<(), KmsError> {
+            self.mutations.fetch_add(1, Ordering::SeqCst);
+            for s in self
+                .stores
+                .lock()
+                .expect("lock")
+                .iter_mut()
+                .filter(|s| s.id == id)
+            {
+                s.connection_state = ConnectionState::Connecting;
+            }
+            Ok(())
+        }
+        async fn disconnect(&self, _: &str) -> Result<(), KmsError> {
+            self.mutations.fetch_add(1, Ordering::SeqCst);
+            Err(KmsError::Transport("timed out".into()))
+        }
+        async fn delete(&self, _: &str) -> Result<(), KmsError> {
+            self.mutations.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+        async fn list_store_keys(&self, _: &str) -> Result<Vec<StoreKey>, KmsError> {
+            Ok(Vec::new())
+        }
+    }
+
+    fn two_stores() -> Vec<ObservedStore> {
+        vec![
+            store("cks-1", "payments", ConnectionState::Connected),
+            store("cks-2", "ledger", ConnectionState::Disconnected),
+        ]
+    }
+
+    #[tokio::test]
+    async fn many_lookups_share_one_listing() {
+        let cache = DescribeCache::new(Counting::with(two_stores()), Duration::from_secs(10));
+        let lookups = (0..20).map(|i| {
+            let cache = &cache;
+            async move {
+                if i % 2 == 0 {
+                    cache.describe_by_id("cks-1").await
+                } else {
+                    cache.describe_by_name("ledger").await
+                }
+            }
+        });
+        let results = futures::future::join_all(lookups).await;
+        assert!(results.iter().all(|r| matches!(r, Ok(Some(_)))));
+        assert_eq!(cache.inner().describe_all.load(Ordering::SeqCst), 1);
+        assert_eq!(cache.inner().describe_one.load(Ordering::SeqCst), 0);
+        assert_eq!(cache.describe_by_id("cks-404").await.ok(), Some(None));
+        assert_eq!(cache.inner().describe_all.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_mutation_invalidates_even_when_it_fails() {
+        let cache = DescribeCache::new(Counting::with(two_stores()), Duration::from_secs(10));
+        let before = cache.describe_by_id("cks-1").await.ok().flatten();
+        assert_eq!(
+            before.map(|s| s.connection_state),
+            Some(ConnectionState::Connected)
+        );
+
+        let id = cache
+            .create(&CreateStore {
+                name: "new".into(),
+                proxy: ProxyConfig::default(),
+                credential: crate::model::ProxyCredential::new("A", "B"),
+            })
+            .await
+            .expect("create");
+        let created = cache.describe_by_id(&id).await.ok().flatten();
+        assert!(created.is_some(), "the cache must show a store it created");
+        assert_eq!(cache.inner().describe_all.load(Ordering::SeqCst), 2);
+
+        cache.connect(&id).await.expect("connect");
+        let connecting = cache.describe_by_name("new").await.ok().flatten();
+        assert_eq!(
+            connecting.map(|s| s.connection_state),
+            Some(ConnectionState::Connecting)
+        );
+        assert_eq!(cache.inner().describe_all.load(Ordering::SeqCst), 3);
+
+        assert!(cache.disconnect(&id).await.is_err());
+        let _ = cache.describe_by_id(&id).await;
+        assert_eq!(cache.inner().describe_all.load(Ordering::SeqCst), 4);
+    }
+
+    #[tokio::test]
+    async fn the_listing_expires_after_the_ttl() {
+        let cache = DescribeCache::new(Counting::with(two_stores()), Duration::from_millis(50));
+        let _ = cache.describe_by_id("cks-1").await;
+        let _ = cache.describe_by_id("cks-2").await;
+        assert_eq!(cache.inner().describe_all.load(Ordering::SeqCst), 1);
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        let _ = cache.describe_by_id("cks-1").await;
+        assert_eq!(cache.inner().describe_all.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn zero_ttl_passes_every_call_through() {
+        let cache = DescribeCache::new(Counting::with(two_stores()), Duration::ZERO);
+        let _ = cache.describe_by_id("cks-1").await;
+        let _ = cache.describe_by_name("ledger").await;
+        assert_eq!(cache.inner().describe_all.load(Ordering::SeqCst), 0);
+        assert_eq!(cache.inner().describe_one.load(Ordering::SeqCst), 2);
+    }
+}

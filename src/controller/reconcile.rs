@@ -1,0 +1,291 @@
+//! One reconcile of one ExternalKeyStore: finalizer, initial status, the
+//! credential Secret, the engine, and the mapping of its outcome to when
+//! the controller should look again.
+
+use super::status::StatusWriter;
+use super::{Backend, Context, parse_duration, secrets};
+use crate::api::{
+    APPROVE_ANNOTATION, DeletionPolicy, ExternalKeyStore, FINALIZER, FLUX_REQUESTED_AT,
+};
+use crate::engine::conditions::{self, STALLED, Summary};
+use crate::engine::{Clock, EngineError, Outcome, Request, SinkError, StatusSink, SystemClock};
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::{Api, ResourceExt};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Why a reconcile pass stopped without a status record of it; the
+/// controller retries after `Settings::error_requeue`.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[source] kube::Error),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error(transparent)]
+    Status(#[from] SinkError),
+    #[error("the resource has no name or namespace")]
+    Unnamed,
+}
+
+impl Error {
+    /// Metric label and log field.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Kube(_) => "KubernetesApiError",
+            Self::Engine(_) | Self::Status(_) => "StatusWriteFailed",
+            Self::Unnamed => "InvalidResource",
+        }
+    }
+}
+
+pub async fn reconcile<B: Backend>(
+    obj: Arc<ExternalKeyStore>,
+    ctx: Arc<Context<B>>,
+) -> Result<Action, Error> {
+    ctx.metrics.reconcile_started();
+    let (Some(namespace), Some(name)) = (obj.metadata.namespace.clone(), obj.metadata.name.clone())
+    else {
+        return Err(Error::Unnamed);
+    };
+    let api: Api<ExternalKeyStore> = Api::namespaced(ctx.client.clone(), &namespace);
+    let mut sink = StatusWriter::new(api.clone(), &obj, &ctx.recorder, &ctx.metrics);
+    let deleting = obj.metadata.deletion_timestamp.is_some();
+    let has_finalizer = obj.finalizers().iter().any(|f| f == FINALIZER);
+    let generation = obj.metadata.generation;
+
+    if deleting && !has_finalizer {
+        // Not ours to hold up (or already released).
+        return Ok(Action::await_change());
+    }
+    let mut status = obj.status.clone().unwrap_or_default();
+    if obj.status.is_none() && !deleting {
+        // Written before anything else so kstatus-aware tools (Flux, Argo
+        // CD, kubectl wait) see the resource is being worked on at once.
+        conditions::set(
+            &mut status,
+            Summary::Progressing,
+            "Initializing",
+            "the operator has seen the resource and is reconciling it",
+            generation,
+            &SystemClock.now(),
+        );
+        sink.write(&status).await?;
+    }
+    if !deleting && !has_finalizer {
+        add_finalizer(&api, &obj).await?;
+    }
+    if deleting && obj.spec.deletion_policy == DeletionPolicy::Retain {
+        // Retain leaves the store as it is: no need to even look at it.
+        remove_finalizer(&api, &obj).await?;
+        sink.event(
+            EventType::Normal,
+            "Released",
+            "Delete",
+            "deletionPolicy is Retain: the store is left untouched in KMS",
+        )
+        .await;
+        tracing::info!(%namespace, %name, "released (deletionPolicy Retain)");
+        return Ok(Action::await_change());
+    }
+
+    let Some(region) = obj
+        .spec
+        .region
+        .clone()
+        .or_else(|| ctx.backend.default_region())
+    else {
+        let message = "no AWS Region: set spec.region, or give the operator one (AWS_REGION or its AWS configuration)";
+        status.observed_generation = generation;
+        conditions::set(
+            &mut status,
+            Summary::Stalled,
+            "InvalidSpec",
+            message,
+            generation,
+            &SystemClock.now(),
+        );
+        sink.write(&status).await?;
+        ctx.metrics.failed("InvalidSpec");
+        return Ok(Action::await_change());
+    };
+
+    let credential = secrets::read_credential(
+        ctx.client.clone(),
+        &namespace,
+        &obj.spec.proxy.credentials_secret_ref,
+    )
+    .await
+    .map_err(Error::Kube)?;
+    let annotations = obj.annotations();
+    let approved = generation.is_some_and(|g| {
+        annotations
+            .get(APPROVE_ANNOTATION)
+            .is_some_and(|v| v.trim() == g.to_string())
+    });
+    let request = Request {
+        resource: &obj,
+        credential,
+        approved,
+        deleting,
+        requested_at: annotations.get(FLUX_REQUESTED_AT).cloned(),
+    };
+    let engine = ctx.engine(&region).await;
+    let outcome = engine.reconcile(&request, &mut status, &mut sink).await?;
+    tracing::debug!(%namespace, %name, %region, ?outcome, "reconciled");
+
+    let drift = drift_interval(&obj, ctx.settings.drift_interval);
+    Ok(match outcome {
+        Outcome::Released if deleting => {
+            remove_finalizer(&api, &obj).await?;
+            sink.event(
+                EventType::Normal,
+                "Released",
+                "Delete",
+                "deletionPolicy is Delete: the store was deleted from KMS",
+            )
+            .await;
+            tracing::info!(%namespace, %name, "released (deletionPolicy Delete)");
+            Action::await_change()
+        }
+        Outcome::Requeue(after) => Action::requeue(after),
+        Outcome::Stalled => {
+            let reason = conditions::get(&status, STALLED).map_or("Stalled", |c| c.reason.as_str());
+            ctx.metrics.failed(reason);
+            Action::requeue(jitter(drift))
+        }
+        Outcome::InSync | Outcome::Observed | Outcome::Released => Action::requeue(jitter(drift)),
+        // Only a change of the resource (approval annotation, spec) moves
+        // these on, and every change wakes the controller.
+        Outcome::AwaitingApproval | Outcome::Suspended => Action::await_change(),
+    })
+}
+
+/// After an error the controller retries later; the error is logged here
+/// (it never holds a secret: messages name Secrets and keys, not values).
+pub fn error_policy<B: Backend>(
+    obj: Arc<ExternalKeyStore>,
+    error: &Error,
+    ctx: Arc<Context<B>>,
+) -> Action {
+    ctx.metrics.failed(error.reason());
+    tracing::warn!(
+        namespace = obj.namespace().unwrap_or_default(),
+        name = obj.name_any(),
+        reason = error.reason(),
+        %error,
+        "reconcile failed; will retry"
+    );
+    Action::requeue(jitter(ctx.settings.error_requeue))
+}
+
+/// `spec.driftInterval` when set and valid, else the operator's default.
+pub fn drift_interval(obj: &ExternalKeyStore, default: Duration) -> Duration {
+    obj.spec
+        .drift_interval
+        .as_deref()
+        .and_then(|d| parse_duration(d).ok())
+        .filter(|d| !d.is_zero())
+        .unwrap_or(default)
+}
+
+/// ±10%, so resources created together do not all check drift together.
+pub fn jitter(d: Duration) -> Duration {
+    d.mul_f64(rand::random_range(0.9..1.1))
+}
+
+/// Merge patch guarded by resourceVersion: a concurrent change of the
+/// finalizer list makes it fail (409) and retry instead of clobbering.
+async fn set_finalizers(
+    api: &Api<ExternalKeyStore>,
+    obj: &ExternalKeyStore,
+    finalizers: Vec<String>,
+) -> Result<(), Error> {
+    let mut metadata = serde_json::json!({ "finalizers": finalizers });
+    if let Some(rv) = obj.resource_version() {
+        metadata["resourceVersion"] = rv.into();
+    }
+    let patch = serde_json::json!({ "metadata": metadata });
+    match api
+        .patch(
+            &obj.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        // Gone already: nothing left to hold.
+        Err(kube::Error::Api(s))
+            if s.is_not_found() && !finalizers.iter().any(|f| f == FINALIZER) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(Error::Kube(e)),
+    }
+}
+
+async fn add_finalizer(api: &Api<ExternalKeyStore>, obj: &ExternalKeyStore) -> Result<(), Error> {
+    let mut finalizers = obj.finalizers().to_vec();
+    finalizers.push(FINALIZER.to_string());
+    set_finalizers(api, obj, finalizers).await
+}
+
+async fn remove_finalizer(
+    api: &Api<ExternalKeyStore>,
+    obj: &ExternalKeyStore,
+) -> Result<(), Error> {
+    let finalizers = obj
+        .finalizers()
+        .iter()
+        .filter(|f| *f != FINALIZER)
+        .cloned()
+        .collect();
+    set_finalizers(api, obj, finalizers).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resource(drift: Option<&str>) -> ExternalKeyStore {
+        let mut s: ExternalKeyStore = serde_json::from_value(serde_json::json!({
+            "apiVersion": "xks-operator.io/v1alpha1",
+            "kind": "ExternalKeyStore",
+            "metadata": {"name": "payments", "namespace": "default"},
+            "spec": {"proxy": {
+                "uriEndpoint": "https://xks.example.com",
+                "uriPath": "/kms/xks/v1",
+                "credentialsSecretRef": {"name": "cred"}
+            }}
+        }))
+        .expect("valid resource");
+        s.spec.drift_interval = drift.map(str::to_string);
+        s
+    }
+
+    #[test]
+    fn the_resource_drift_interval_overrides_the_default() {
+        let default = Duration::from_secs(300);
+        assert_eq!(drift_interval(&resource(None), default), default);
+        assert_eq!(
+            drift_interval(&resource(Some("30s")), default),
+            Duration::from_secs(30)
+        );
+        assert_eq!(drift_interval(&resource(Some("bad")), default), default);
+        assert_eq!(drift_interval(&resource(Some("0s")), default), default);
+    }
+
+    #[test]
+    fn jitter_stays_within_ten_percent() {
+        for _ in 0..100 {
+            let d = jitter(Duration::from_secs(100));
+            assert!(
+                d >= Duration::from_secs(90) && d <= Duration::from_secs(110),
+                "{d:?}"
+            );
+        }
+    }
+}
