@@ -321,7 +321,7 @@ where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
     match &err {
-        SdkError::ServiceError(ctx) => match ctx.err().code() {
+        SdkError::ServiceError(ctx) => match ctx.err().code().filter(|c| !c.is_empty()) {
             Some(code) => KmsError::Service {
                 code: code.to_owned(),
                 message: ctx.err().message().unwrap_or_default().to_owned(),
