@@ -183,9 +183,9 @@ impl FaultEngine {
         } else if f.throttle_next > 0 {
             f.throttle_next -= 1;
             Verdict::Throttle
-        } else if !take_token(&mut inner.buckets, operation, f.rate_limit.as_ref()) {
-            Verdict::Throttle
-        } else if chance(f.throttle_rate) {
+        } else if !take_token(&mut inner.buckets, operation, f.rate_limit.as_ref())
+            || chance(f.throttle_rate)
+        {
             Verdict::Throttle
         } else if f.internal_error_next > 0 {
             f.internal_error_next -= 1;

@@ -99,17 +99,16 @@ fn check_conflicts(
             ),
         ));
     }
-    if let Some(service) = proxy.vpc_service_name.as_deref().filter(|_| proxy.is_vpc()) {
-        if others()
+    if let Some(service) = proxy.vpc_service_name.as_deref().filter(|_| proxy.is_vpc())
+        && others()
             .any(|s| s.proxy.is_vpc() && s.proxy.vpc_service_name.as_deref() == Some(service))
-        {
-            return Err(KmsError::new(
-                "XksProxyVpcEndpointServiceInUseException",
-                format!(
-                    "The VPC endpoint service {service} is already associated with another external key store in this Region."
-                ),
-            ));
-        }
+    {
+        return Err(KmsError::new(
+            "XksProxyVpcEndpointServiceInUseException",
+            format!(
+                "The VPC endpoint service {service} is already associated with another external key store in this Region."
+            ),
+        ));
     }
     Ok(())
 }
@@ -404,7 +403,7 @@ impl KmsService {
         }
         v.finish()?;
 
-        let (current_name, current, conn, proposed, needs_check) = {
+        let (current_name, proposed, needs_check) = {
             let mut state = self.lock();
             let store = find_store(&mut state, &id)?;
             let current = store.proxy.clone();
@@ -472,9 +471,8 @@ impl KmsService {
             let conn = store.state;
             check_conflicts(&state, Some(&id), &name_target, &next)?;
             let check = proxy_changed && (!next.is_vpc() || conn == Connection::Connected);
-            (name_target, current, conn, next, check)
+            (name_target, next, check)
         };
-        let _ = (&current, conn);
         if needs_check {
             proxy::health(
                 &self.caller,
