@@ -322,7 +322,13 @@ impl<K: KeyStores, P: ProxyProbe> Engine<K, P> {
             let Some(op) = status.operation.as_mut() else {
                 return Ok(Outcome::InSync);
             };
-            let Some(index) = op.steps.iter().position(|s| !s.state.is_done()) else {
+            // A Failed step stays failed: during a rollback the steps after
+            // it run, and the failed one is history.
+            let Some(index) = op
+                .steps
+                .iter()
+                .position(|s| matches!(s.state, StepState::Pending | StepState::Running))
+            else {
                 return self.finish(status, sink, generation).await;
             };
             let step_name = op.steps[index].name;
@@ -430,6 +436,10 @@ impl<K: KeyStores, P: ProxyProbe> Engine<K, P> {
     ) -> bool {
         if failed != StepName::Connect
             || req.deleting
+            || status
+                .operation
+                .as_ref()
+                .is_some_and(|o| o.phase == OperationPhase::RollingBack)
             || req.resource.spec.rollback != crate::api::RollbackPolicy::Automatic
         {
             return false;

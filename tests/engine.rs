@@ -1,0 +1,710 @@
+//! The engine against the emulator over real HTTP: aws-sdk-kms to the KMS
+//! emulator, SigV4-signed proxy calls to the XKS proxy emulator.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use xks_operator::api::{
+    ExternalKeyStore, ExternalKeyStoreStatus, OperationPhase, StepName, StepState,
+};
+use xks_operator::cli::settle;
+use xks_operator::emulator::config::{
+    DEMO_ACCESS_KEY_ID, DEMO_ROTATED_SECRET, DEMO_SECRET, VpcEndpointServiceConfig, demo_proxy,
+};
+use xks_operator::emulator::xks_proxy::{KeyManagerHealth, ProxyCredentialConfig};
+use xks_operator::emulator::{self, EmulatorConfig, RunningEmulator};
+use xks_operator::engine::conditions;
+use xks_operator::engine::{Engine, EngineOptions, Outcome, Request, SinkError, StatusSink};
+use xks_operator::kms::aws::AwsKeyStores;
+use xks_operator::kms::{CreateStore, KeyStores};
+use xks_operator::model::{ConnectionState, Connectivity, ProxyConfig, ProxyCredential};
+use xks_operator::xks::probe::{HttpProxyProbe, ProbeOptions};
+
+const PRIMARY: &str = "https://xks-primary.example.com";
+const REPLICA: &str = "https://xks-replica.example.com";
+const PATH: &str = "/example/kms/xks/v1";
+const VPC_HOST: &str = "xks-vpc.example.com";
+const VPC_SERVICE: &str = "com.amazonaws.vpce.us-east-1.vpce-svc-0123456789abcdef0";
+/// A port nothing listens on: "unreachable" without leaving the machine.
+const CLOSED: &str = "http://127.0.0.1:1";
+
+struct Harness {
+    emu: RunningEmulator,
+    engine: Engine<AwsKeyStores, HttpProxyProbe>,
+    client: aws_sdk_kms::Client,
+}
+
+async fn harness() -> Harness {
+    let config = EmulatorConfig {
+        connect_delay_ms: 30,
+        disconnect_delay_ms: 30,
+        ..EmulatorConfig::default()
+    };
+    let emu = emulator::start(config, ([127, 0, 0, 1], 0).into())
+        .await
+        .expect("emulator starts");
+    let kms = AwsKeyStores::for_endpoint(&emu.kms_endpoint(), "us-east-1");
+    let client = kms.client().clone();
+    let mut resolve: HashMap<String, String> = emu.proxy_resolve_map();
+    resolve.insert(VPC_HOST.into(), emu.kms_endpoint());
+    resolve.insert("xks-nowhere.example.com".into(), CLOSED.into());
+    emu.control().set_resolve("xks-nowhere.example.com", CLOSED);
+    let probe = HttpProxyProbe::new(ProbeOptions {
+        resolve,
+        timeout: Duration::from_secs(2),
+        ..ProbeOptions::default()
+    })
+    .expect("probe");
+    let engine = Engine::new(
+        kms,
+        probe,
+        "us-east-1",
+        EngineOptions {
+            poll_interval: Duration::from_millis(20),
+            backoff_base: Duration::from_millis(10),
+            backoff_max: Duration::from_millis(100),
+            ..EngineOptions::default()
+        },
+    );
+    Harness {
+        emu,
+        engine,
+        client,
+    }
+}
+
+fn resource(yaml_spec: &str) -> ExternalKeyStore {
+    let text = format!(
+        "apiVersion: xks-operator.io/v1alpha1\nkind: ExternalKeyStore\nmetadata:\n  name: payments\n  namespace: default\n  generation: 1\nspec:\n{yaml_spec}"
+    );
+    serde_yaml::from_str(&text).expect("valid test resource")
+}
+
+fn public(endpoint: &str) -> ExternalKeyStore {
+    resource(&format!(
+        "  proxy:\n    uriEndpoint: {endpoint}\n    uriPath: {PATH}\n    credentialsSecretRef: {{name: cred}}\n"
+    ))
+}
+
+fn credential() -> ProxyCredential {
+    ProxyCredential::new(DEMO_ACCESS_KEY_ID, DEMO_SECRET)
+}
+
+/// Keeps every status written, like the API server would.
+#[derive(Default)]
+struct Recorder {
+    writes: Vec<ExternalKeyStoreStatus>,
+    /// Fail the write with this index (0-based): a crash at that point.
+    crash_at: Option<usize>,
+    /// Called on every successful write, to act between steps.
+    hook: Option<Box<dyn FnMut(&ExternalKeyStoreStatus) + Send>>,
+}
+
+impl StatusSink for Recorder {
+    async fn write(&mut self, status: &ExternalKeyStoreStatus) -> Result<(), SinkError> {
+        if self.crash_at == Some(self.writes.len()) {
+            self.crash_at = None;
+            return Err(SinkError("crash injected".into()));
+        }
+        self.writes.push(status.clone());
+        if let Some(hook) = self.hook.as_mut() {
+            hook(status);
+        }
+        Ok(())
+    }
+}
+
+impl Recorder {
+    fn persisted(&self) -> ExternalKeyStoreStatus {
+        self.writes.last().cloned().unwrap_or_default()
+    }
+}
+
+fn request(res: &ExternalKeyStore, credential: ProxyCredential) -> Request<'_> {
+    Request {
+        resource: res,
+        credential: Ok(credential),
+        approved: false,
+        deleting: false,
+        requested_at: None,
+    }
+}
+
+async fn converge(
+    h: &Harness,
+    res: &ExternalKeyStore,
+    credential: ProxyCredential,
+    status: &mut ExternalKeyStoreStatus,
+    sink: &mut Recorder,
+) -> Outcome {
+    settle(&h.engine, &request(res, credential), status, sink, Duration::from_secs(30))
+        .await
+        .expect("settles")
+}
+
+fn step_names(status: &ExternalKeyStoreStatus) -> Vec<StepName> {
+    status
+        .operation
+        .as_ref()
+        .map(|o| o.steps.iter().map(|s| s.name).collect())
+        .unwrap_or_default()
+}
+
+fn all_succeeded(status: &ExternalKeyStoreStatus) -> bool {
+    status
+        .operation
+        .as_ref()
+        .is_some_and(|o| o.steps.iter().all(|s| s.state == StepState::Succeeded))
+}
+
+async fn created(h: &Harness) -> (ExternalKeyStore, ExternalKeyStoreStatus) {
+    let res = public(PRIMARY);
+    let mut status = ExternalKeyStoreStatus::default();
+    let outcome = converge(h, &res, credential(), &mut status, &mut Recorder::default()).await;
+    assert_eq!(outcome, Outcome::InSync);
+    (res, status)
+}
+
+async fn kms_view(h: &Harness) -> Vec<xks_operator::model::ObservedStore> {
+    h.engine.kms.describe_all().await.expect("describe")
+}
+
+fn calls(h: &Harness, op: &str) -> u64 {
+    h.emu.control().requests(op)
+}
+
+#[tokio::test]
+async fn creates_and_connects_a_new_store() {
+    let h = harness().await;
+    let (_, status) = created(&h).await;
+    assert_eq!(
+        step_names(&status),
+        vec![StepName::Preflight, StepName::Create, StepName::Connect]
+    );
+    assert!(all_succeeded(&status));
+    assert_eq!(status.connection_state.as_deref(), Some("CONNECTED"));
+    assert!(conditions::is_true(&status, conditions::READY));
+    let stores = kms_view(&h).await;
+    assert_eq!(stores.len(), 1);
+    assert_eq!(stores[0].connection_state, ConnectionState::Connected);
+    assert_eq!(Some(stores[0].id.clone()), status.key_store_id);
+}
+
+#[tokio::test]
+async fn adopts_an_existing_store_by_name_without_creating_another() {
+    let h = harness().await;
+    let id = h
+        .engine
+        .kms
+        .create(&CreateStore {
+            name: "payments".into(),
+            proxy: ProxyConfig {
+                connectivity: Connectivity::PublicEndpoint,
+                uri_endpoint: PRIMARY.into(),
+                uri_path: PATH.into(),
+                vpc_endpoint_service_name: None,
+                vpc_endpoint_service_owner: None,
+                access_key_id: DEMO_ACCESS_KEY_ID.into(),
+            },
+            credential: credential(),
+        })
+        .await
+        .expect("pre-existing store");
+    let (_, status) = created(&h).await;
+    assert_eq!(status.key_store_id.as_deref(), Some(id.as_str()));
+    // The secret of an adopted store is unknown: pushed once, online.
+    assert!(step_names(&status).contains(&StepName::Connect));
+    assert_eq!(kms_view(&h).await.len(), 1);
+    assert_eq!(calls(&h, "CreateCustomKeyStore"), 1);
+}
+
+#[tokio::test]
+async fn rename_is_online() {
+    let h = harness().await;
+    let (mut res, mut status) = created(&h).await;
+    res.spec.key_store_name = Some("payments-eu".into());
+    let outcome = converge(&h, &res, credential(), &mut status, &mut Recorder::default()).await;
+    assert_eq!(outcome, Outcome::InSync);
+    assert_eq!(step_names(&status), vec![StepName::Update]);
+    assert_eq!(kms_view(&h).await[0].name, "payments-eu");
+    assert_eq!(calls(&h, "DisconnectCustomKeyStore"), 0);
+}
+
+#[tokio::test]
+async fn rotated_secret_with_same_access_key_id_is_pushed_online() {
+    let h = harness().await;
+    let (res, mut status) = created(&h).await;
+    let before = status.credential_fingerprint.clone();
+    rotate_on_proxies(&h);
+    let rotated = ProxyCredential::new(DEMO_ACCESS_KEY_ID, DEMO_ROTATED_SECRET);
+    let outcome = converge(&h, &res, rotated, &mut status, &mut Recorder::default()).await;
+    assert_eq!(outcome, Outcome::InSync);
+    assert_eq!(
+        step_names(&status),
+        vec![StepName::Preflight, StepName::Update]
+    );
+    assert_ne!(status.credential_fingerprint, before);
+    assert_eq!(calls(&h, "UpdateCustomKeyStore"), 1);
+    assert_eq!(calls(&h, "DisconnectCustomKeyStore"), 0);
+    assert_eq!(status.connection_state.as_deref(), Some("CONNECTED"));
+}
+
+/// The proxy side of a rotation: the proxies take the new secret first.
+fn rotate_on_proxies(h: &Harness) {
+    for host in ["xks-primary.example.com", "xks-replica.example.com"] {
+        h.emu
+            .control()
+            .add_credential(host, ProxyCredentialConfig::new(DEMO_ACCESS_KEY_ID, DEMO_ROTATED_SECRET))
+            .expect("rotate on proxy");
+    }
+}
+
+#[tokio::test]
+async fn uri_path_change_is_online_and_preflighted() {
+    let h = harness().await;
+    let (mut res, mut status) = created(&h).await;
+    let mut moved = demo_proxy("xks-primary.example.com");
+    moved.uri_path = "/tenant-a/kms/xks/v1".into();
+    h.emu.control().upsert_proxy(moved).expect("proxy moves");
+    res.spec.proxy.uri_path = "/tenant-a/kms/xks/v1".into();
+    let outcome = converge(&h, &res, credential(), &mut status, &mut Recorder::default()).await;
+    assert_eq!(outcome, Outcome::InSync);
+    assert_eq!(
+        step_names(&status),
+        vec![StepName::Preflight, StepName::Update]
+    );
+    let store = &kms_view(&h).await[0];
+    assert_eq!(
+        store.proxy.as_ref().map(|p| p.uri_path.as_str()),
+        Some("/tenant-a/kms/xks/v1")
+    );
+    assert_eq!(calls(&h, "DisconnectCustomKeyStore"), 0);
+}
+
+#[tokio::test]
+async fn endpoint_change_disconnects_updates_checks_and_reconnects() {
+    let h = harness().await;
+    let (mut res, mut status) = created(&h).await;
+    res.spec.proxy.uri_endpoint = REPLICA.into();
+    let mut sink = Recorder::default();
+    let outcome = converge(&h, &res, credential(), &mut status, &mut sink).await;
+    assert_eq!(outcome, Outcome::InSync);
+    assert_eq!(
+        step_names(&status),
+        vec![
+            StepName::Preflight,
+            StepName::Disconnect,
+            StepName::Update,
+            StepName::HealthCheck,
+            StepName::Connect
+        ]
+    );
+    assert!(all_succeeded(&status));
+    assert!(status.operation.as_ref().is_some_and(|o| o.disruptive));
+    let store = &kms_view(&h).await[0];
+    assert_eq!(store.connection_state, ConnectionState::Connected);
+    assert_eq!(
+        store.proxy.as_ref().map(|p| p.uri_endpoint.as_str()),
+        Some(REPLICA)
+    );
+    // Every step was recorded Running before it was recorded Succeeded.
+    for name in step_names(&status) {
+        let states: Vec<StepState> = sink
+            .writes
+            .iter()
+            .filter_map(|s| s.operation.as_ref())
+            .filter_map(|o| o.steps.iter().find(|st| st.name == name))
+            .map(|st| st.state)
+            .collect();
+        let running = states.iter().position(|s| *s == StepState::Running);
+        let done = states.iter().position(|s| *s == StepState::Succeeded);
+        assert!(
+            matches!((running, done), (Some(r), Some(d)) if r < d),
+            "{name:?}: {states:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn connectivity_change_to_vpc_and_back() {
+    let h = harness().await;
+    let (_, mut status) = created(&h).await;
+    h.emu.control().set_vpc_endpoint_service(VpcEndpointServiceConfig {
+        name: VPC_SERVICE.into(),
+        owner: None,
+        private_dns_name: VPC_HOST.into(),
+    });
+    h.emu
+        .control()
+        .upsert_proxy(demo_proxy(VPC_HOST))
+        .expect("vpc proxy");
+    h.emu.control().set_resolve(VPC_HOST, &h.emu.kms_endpoint());
+    let vpc = resource(&format!(
+        "  proxy:\n    connectivity: VpcEndpointService\n    uriEndpoint: https://{VPC_HOST}\n    uriPath: {PATH}\n    vpcEndpointService: {{name: {VPC_SERVICE}}}\n    credentialsSecretRef: {{name: cred}}\n"
+    ));
+    let outcome = converge(&h, &vpc, credential(), &mut status, &mut Recorder::default()).await;
+    assert_eq!(outcome, Outcome::InSync, "{:?}", status.conditions);
+    let store = &kms_view(&h).await[0];
+    let proxy = store.proxy.as_ref().expect("xks");
+    assert_eq!(proxy.connectivity, Connectivity::VpcEndpointService);
+    assert_eq!(proxy.vpc_endpoint_service_name.as_deref(), Some(VPC_SERVICE));
+    assert_eq!(store.connection_state, ConnectionState::Connected);
+
+    let back = public(PRIMARY);
+    let outcome = converge(&h, &back, credential(), &mut status, &mut Recorder::default()).await;
+    assert_eq!(outcome, Outcome::InSync, "{:?}", status.conditions);
+    let store = &kms_view(&h).await[0];
+    let proxy = store.proxy.as_ref().expect("xks");
+    assert_eq!(proxy.connectivity, Connectivity::PublicEndpoint);
+    assert_eq!(proxy.uri_endpoint, PRIMARY);
+    assert_eq!(store.connection_state, ConnectionState::Connected);
+}
+
+#[tokio::test]
+async fn desired_disconnected_disconnects_and_is_ready() {
+    let h = harness().await;
+    let (mut res, mut status) = created(&h).await;
+    res.spec.connection_state = xks_operator::api::DesiredConnectionState::Disconnected;
+    let outcome = converge(&h, &res, credential(), &mut status, &mut Recorder::default()).await;
+    assert_eq!(outcome, Outcome::InSync);
+    assert_eq!(step_names(&status), vec![StepName::Disconnect]);
+    assert_eq!(kms_view(&h).await[0].connection_state, ConnectionState::Disconnected);
+    assert!(conditions::is_true(&status, conditions::READY));
+}
+
+#[tokio::test]
+async fn failed_store_is_recovered() {
+    let h = harness().await;
+    let (res, mut status) = created(&h).await;
+    let id = status.key_store_id.clone().expect("id");
+    // Break the proxy, cycle the connection by hand: KMS marks it FAILED.
+    h.emu
+        .fleet()
+        .set_key_manager_health("xks-primary.example.com", "ekm-1", KeyManagerHealth::Unavailable)
+        .expect("health");
+    h.engine.kms.disconnect(&id).await.expect("disconnect");
+    wait_state(&h, &id, ConnectionState::Disconnected).await;
+    h.engine.kms.connect(&id).await.expect("connect");
+    wait_state(&h, &id, ConnectionState::Failed).await;
+    h.emu
+        .fleet()
+        .set_key_manager_health("xks-primary.example.com", "ekm-1", KeyManagerHealth::Active)
+        .expect("health");
+
+    let outcome = converge(&h, &res, credential(), &mut status, &mut Recorder::default()).await;
+    assert_eq!(outcome, Outcome::InSync);
+    assert_eq!(step_names(&status), vec![StepName::Disconnect, StepName::Connect]);
+    assert_eq!(kms_view(&h).await[0].connection_state, ConnectionState::Connected);
+}
+
+async fn wait_state(h: &Harness, id: &str, want: ConnectionState) {
+    for _ in 0..200 {
+        if let Ok(Some(s)) = h.engine.kms.describe_by_id(id).await
+            && s.connection_state == want
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("store never reached {want}");
+}
+
+#[tokio::test]
+async fn wrong_credential_is_refused_before_anything_is_created() {
+    let h = harness().await;
+    let res = public(PRIMARY);
+    let wrong = ProxyCredential::new(DEMO_ACCESS_KEY_ID, "wrongSecretAccessKeyThatTheProxyDoesNotKnow0000");
+    let mut status = ExternalKeyStoreStatus::default();
+    let outcome = converge(&h, &res, wrong, &mut status, &mut Recorder::default()).await;
+    assert_eq!(outcome, Outcome::Stalled);
+    let stalled = conditions::get(&status, conditions::STALLED).expect("stalled");
+    assert_eq!(stalled.status, "True");
+    assert_eq!(stalled.reason, "ProxyCredentialRejected");
+    assert!(kms_view(&h).await.is_empty(), "no store may be created");
+}
+
+#[tokio::test]
+async fn unreachable_new_proxy_leaves_the_store_connected() {
+    let h = harness().await;
+    let (mut res, mut status) = created(&h).await;
+    res.spec.proxy.uri_endpoint = "https://xks-nowhere.example.com".into();
+    let outcome = converge(&h, &res, credential(), &mut status, &mut Recorder::default()).await;
+    assert_eq!(outcome, Outcome::Stalled);
+    assert_eq!(
+        conditions::get(&status, conditions::STALLED).map(|c| c.reason.as_str()),
+        Some("ProxyUnreachable")
+    );
+    let store = &kms_view(&h).await[0];
+    assert_eq!(store.connection_state, ConnectionState::Connected);
+    assert_eq!(store.proxy.as_ref().map(|p| p.uri_endpoint.as_str()), Some(PRIMARY));
+    assert_eq!(calls(&h, "DisconnectCustomKeyStore"), 0);
+}
+
+#[tokio::test]
+async fn proxy_missing_a_key_of_the_store_is_refused() {
+    let h = harness().await;
+    let (mut res, mut status) = created(&h).await;
+    let id = status.key_store_id.clone().expect("id");
+    h.client
+        .create_key()
+        .origin(aws_sdk_kms::types::OriginType::ExternalKeyStore)
+        .custom_key_store_id(&id)
+        .xks_key_id("demo-key-2")
+        .send()
+        .await
+        .expect("key");
+    h.emu
+        .control()
+        .remove_key("xks-replica.example.com", "demo-key-2")
+        .expect("remove key");
+    res.spec.proxy.uri_endpoint = REPLICA.into();
+    let outcome = converge(&h, &res, credential(), &mut status, &mut Recorder::default()).await;
+    assert_eq!(outcome, Outcome::Stalled);
+    let stalled = conditions::get(&status, conditions::STALLED).expect("stalled");
+    assert_eq!(stalled.reason, "KeyContinuityNotProven");
+    assert!(stalled.message.contains("demo-key-2"), "{}", stalled.message);
+    assert_eq!(kms_view(&h).await[0].connection_state, ConnectionState::Connected);
+    assert_eq!(calls(&h, "DisconnectCustomKeyStore"), 0);
+}
+
+#[tokio::test]
+async fn failed_reconnect_rolls_back_to_the_previous_endpoint() {
+    let h = harness().await;
+    let (mut res, mut status) = created(&h).await;
+    res.spec.proxy.uri_endpoint = REPLICA.into();
+    // The replica dies right after the operator's health check passed.
+    let fleet = h.emu.fleet().clone();
+    let mut sink = Recorder {
+        hook: Some(Box::new(move |s: &ExternalKeyStoreStatus| {
+            let checked = s.operation.as_ref().is_some_and(|o| {
+                o.steps
+                    .iter()
+                    .any(|st| st.name == StepName::HealthCheck && st.state == StepState::Succeeded)
+            });
+            if checked {
+                let _ = fleet.set_key_manager_health(
+                    "xks-replica.example.com",
+                    "ekm-1",
+                    KeyManagerHealth::Unavailable,
+                );
+            }
+        })),
+        ..Recorder::default()
+    };
+    let outcome = converge(&h, &res, credential(), &mut status, &mut sink).await;
+    assert_eq!(outcome, Outcome::Stalled);
+    let op = status.operation.as_ref().expect("operation");
+    assert_eq!(op.phase, OperationPhase::RolledBack);
+    let message = op.message.clone().unwrap_or_default();
+    assert!(message.contains("XKS_PROXY"), "{message}");
+    assert!(message.contains(PRIMARY), "{message}");
+    let store = &kms_view(&h).await[0];
+    assert_eq!(store.connection_state, ConnectionState::Connected);
+    assert_eq!(store.proxy.as_ref().map(|p| p.uri_endpoint.as_str()), Some(PRIMARY));
+    // Not retried in a loop: the same target stays blocked.
+    let again = converge(&h, &res, credential(), &mut status, &mut Recorder::default()).await;
+    assert_eq!(again, Outcome::Stalled);
+}
+
+#[tokio::test]
+async fn deletion_honours_each_policy() {
+    let h = harness().await;
+    let (res, status) = created(&h).await;
+    let mut retained = status.clone();
+    let request_retain = Request {
+        deleting: true,
+        ..request(&res, credential())
+    };
+    let outcome = settle(&h.engine, &request_retain, &mut retained, &mut Recorder::default(), Duration::from_secs(30))
+        .await
+        .expect("settles");
+    assert_eq!(outcome, Outcome::Released);
+    assert_eq!(kms_view(&h).await.len(), 1, "Retain must keep the store");
+
+    let mut res_delete = res.clone();
+    res_delete.spec.deletion_policy = xks_operator::api::DeletionPolicy::Delete;
+    let mut deleted = status.clone();
+    let request_delete = Request {
+        deleting: true,
+        ..request(&res_delete, credential())
+    };
+    let outcome = settle(&h.engine, &request_delete, &mut deleted, &mut Recorder::default(), Duration::from_secs(30))
+        .await
+        .expect("settles");
+    assert_eq!(outcome, Outcome::Released);
+    assert!(kms_view(&h).await.is_empty(), "Delete must delete the store");
+}
+
+#[tokio::test]
+async fn delete_refused_while_the_store_holds_keys_says_so() {
+    let h = harness().await;
+    let (mut res, status) = created(&h).await;
+    let id = status.key_store_id.clone().expect("id");
+    h.client
+        .create_key()
+        .origin(aws_sdk_kms::types::OriginType::ExternalKeyStore)
+        .custom_key_store_id(&id)
+        .xks_key_id("demo-key-1")
+        .send()
+        .await
+        .expect("key");
+    res.spec.deletion_policy = xks_operator::api::DeletionPolicy::Delete;
+    let mut status = status;
+    let req = Request {
+        deleting: true,
+        ..request(&res, credential())
+    };
+    let outcome = settle(&h.engine, &req, &mut status, &mut Recorder::default(), Duration::from_secs(30))
+        .await
+        .expect("settles");
+    assert_eq!(outcome, Outcome::Stalled);
+    let stalled = conditions::get(&status, conditions::STALLED).expect("stalled");
+    assert_eq!(stalled.reason, "StoreHasKeys");
+    assert!(stalled.message.contains("1 KMS keys"), "{}", stalled.message);
+}
+
+/// Crash (the status write fails and the pass is abandoned) at every write
+/// of an endpoint change, then resume from what was persisted: always ends
+/// CONNECTED at the new endpoint, with one store.
+#[tokio::test]
+async fn crash_between_any_two_steps_of_an_endpoint_change_resumes() {
+    // How many writes does an uncrashed run make?
+    let h = harness().await;
+    let (mut res, mut status) = created(&h).await;
+    res.spec.proxy.uri_endpoint = REPLICA.into();
+    let mut probe = Recorder::default();
+    converge(&h, &res, credential(), &mut status, &mut probe).await;
+    let total = probe.writes.len();
+    assert!(total >= 10, "expected a write per step transition, got {total}");
+    h.emu.shutdown().await;
+
+    for crash_at in 0..total {
+        let h = harness().await;
+        let (mut res, base) = created(&h).await;
+        res.spec.proxy.uri_endpoint = REPLICA.into();
+        let mut sink = Recorder {
+            crash_at: Some(crash_at),
+            ..Recorder::default()
+        };
+        let mut status = base.clone();
+        let req = request(&res, credential());
+        // Run until the injected crash kills the pass.
+        loop {
+            match h.engine.reconcile(&req, &mut status, &mut sink).await {
+                Err(_) => break,
+                Ok(Outcome::Requeue(d)) => tokio::time::sleep(d).await,
+                Ok(_) => break,
+            }
+        }
+        // A new process starts from what the API server holds.
+        let mut resumed = if sink.writes.is_empty() { base.clone() } else { sink.persisted() };
+        let outcome = converge(&h, &res, credential(), &mut resumed, &mut Recorder::default()).await;
+        assert_eq!(outcome, Outcome::InSync, "crash at write {crash_at}");
+        let stores = kms_view(&h).await;
+        assert_eq!(stores.len(), 1, "crash at write {crash_at}");
+        assert_eq!(stores[0].connection_state, ConnectionState::Connected, "crash at {crash_at}");
+        assert_eq!(
+            stores[0].proxy.as_ref().map(|p| p.uri_endpoint.as_str()),
+            Some(REPLICA),
+            "crash at write {crash_at}"
+        );
+        h.emu.shutdown().await;
+    }
+}
+
+/// A crash right after CreateCustomKeyStore returned, before its answer was
+/// recorded, must adopt the store on resume, never create a second one.
+#[tokio::test]
+async fn crash_after_create_call_adopts_instead_of_creating_twice() {
+    let h = harness().await;
+    let res = public(PRIMARY);
+    // The write after "Create Running" is the one that would record the id.
+    let mut probe = Recorder::default();
+    let mut scratch = ExternalKeyStoreStatus::default();
+    {
+        let h2 = harness().await;
+        settle(&h2.engine, &request(&res, credential()), &mut scratch, &mut probe, Duration::from_secs(30))
+            .await
+            .expect("settles");
+        h2.emu.shutdown().await;
+    }
+    let create_running = probe
+        .writes
+        .iter()
+        .position(|s| {
+            s.operation.as_ref().is_some_and(|o| {
+                o.steps
+                    .iter()
+                    .any(|st| st.name == StepName::Create && st.state == StepState::Running)
+            })
+        })
+        .expect("create recorded as running");
+    let mut sink = Recorder {
+        crash_at: Some(create_running + 1),
+        ..Recorder::default()
+    };
+    let mut status = ExternalKeyStoreStatus::default();
+    let _ = h.engine.reconcile(&request(&res, credential()), &mut status, &mut sink).await;
+    assert_eq!(kms_view(&h).await.len(), 1, "the create call went through");
+    let mut resumed = sink.persisted();
+    assert!(resumed.key_store_id.is_none(), "the id was never recorded");
+    let outcome = converge(&h, &res, credential(), &mut resumed, &mut Recorder::default()).await;
+    assert_eq!(outcome, Outcome::InSync);
+    assert_eq!(kms_view(&h).await.len(), 1, "no second store");
+    assert_eq!(calls(&h, "CreateCustomKeyStore"), 1);
+}
+
+/// Every status written and every log line (trace level) is free of the
+/// secret, through create, rotation, a refused credential and an endpoint change.
+#[tokio::test]
+async fn the_secret_never_appears_in_status_or_logs() {
+    let logs = Arc::new(Mutex::new(Vec::<u8>::new()));
+    let writer = {
+        let logs = logs.clone();
+        move || LogWriter(logs.clone())
+    };
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(writer)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let h = harness().await;
+    let mut sink = Recorder::default();
+    let mut res = public(PRIMARY);
+    let mut status = ExternalKeyStoreStatus::default();
+    converge(&h, &res, credential(), &mut status, &mut sink).await;
+    rotate_on_proxies(&h);
+    let rotated = ProxyCredential::new(DEMO_ACCESS_KEY_ID, DEMO_ROTATED_SECRET);
+    converge(&h, &res, rotated.clone(), &mut status, &mut sink).await;
+    let wrong = ProxyCredential::new(DEMO_ACCESS_KEY_ID, "wrongSecretAccessKeyThatTheProxyDoesNotKnow0000");
+    res.spec.proxy.uri_endpoint = REPLICA.into();
+    converge(&h, &res, wrong, &mut status, &mut sink).await;
+    res.metadata.generation = Some(2);
+    converge(&h, &res, rotated, &mut status, &mut sink).await;
+
+    let mut everything = String::new();
+    for s in &sink.writes {
+        everything.push_str(&serde_yaml::to_string(s).expect("yaml"));
+    }
+    everything.push_str(&String::from_utf8_lossy(&logs.lock().expect("logs")));
+    assert!(everything.len() > 1000, "nothing captured");
+    for secret in [DEMO_SECRET, DEMO_ROTATED_SECRET, "wrongSecretAccessKeyThatTheProxyDoesNotKnow0000"] {
+        assert!(!everything.contains(secret), "secret leaked");
+    }
+}
+
+struct LogWriter(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut v) = self.0.lock() {
+            v.extend_from_slice(buf);
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
