@@ -1798,6 +1798,21 @@ async fn control_endpoint_over_http() {
         "state leaks a secret"
     );
 
+    // A removed proxy is unreachable, not answered by the KMS API.
+    let r = http
+        .delete(format!("{base}/proxies/{VPC_DNS}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = public_store(&client, "gone")
+        .xks_proxy_uri_endpoint(format!("https://{VPC_DNS}"))
+        .send()
+        .await;
+    assert_eq!(code(r), "XksProxyUriUnreachableException");
+    let health = http.get(format!("{base}/health")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+
     let r = http.post(format!("{base}/reset")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert!(
@@ -1822,6 +1837,13 @@ async fn unknown_operations_and_error_shape() {
     assert_eq!(header.as_deref(), Some("UnknownOperationException"));
     assert_eq!(body["__type"], "UnknownOperationException");
     assert!(body["message"].is_string());
+    let r = client(&emu.kms_endpoint())
+        .list_keys()
+        .send()
+        .await
+        .unwrap();
+    use aws_sdk_kms::operation::RequestId;
+    assert!(r.request_id().is_some_and(|id| id.len() == 36));
     let (status, _, body) = raw(&emu.kms_endpoint(), "ConnectCustomKeyStore", json!({})).await;
     assert_eq!(
         (status, body["__type"].as_str()),

@@ -171,6 +171,23 @@ mod tests {
         assert!(EmulatorConfig::from_yaml_str("maxStores: 3\n").is_err());
     }
 
+    /// The full example of docs/emulator.md parses and builds a fleet.
+    #[test]
+    fn documented_example_is_valid() {
+        let doc = include_str!("../../docs/emulator.md");
+        let section = doc.split("## Configuration file").nth(1).unwrap();
+        let yaml = section
+            .split("```yaml\n")
+            .nth(1)
+            .and_then(|s| s.split("```").next())
+            .unwrap();
+        let cfg = EmulatorConfig::from_yaml_str(yaml).unwrap();
+        assert_eq!(cfg.proxies.len(), 2);
+        assert_eq!(cfg.vpc_endpoint_services.len(), 1);
+        assert!(cfg.faults.contains_key("*"));
+        ProxyFleet::new(cfg.proxies).unwrap();
+    }
+
     #[test]
     fn demo_material_is_32_bytes() {
         use base64::Engine;

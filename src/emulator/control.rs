@@ -249,8 +249,15 @@ impl EmulatorControl {
         Ok(())
     }
 
+    /// Remove a proxy; a resolve entry pointing at this emulator goes too,
+    /// so the host becomes unreachable rather than answered by the KMS API.
     pub fn remove_proxy(&self, host: &str) -> bool {
-        self.fleet.remove(host)
+        let removed = self.fleet.remove(host);
+        let host = host.to_ascii_lowercase();
+        if self.resolve_map().get(&host) == Some(&self.self_url) {
+            self.remove_resolve(&host);
+        }
+        removed
     }
 
     pub fn add_credential(&self, host: &str, cred: ProxyCredentialConfig) -> Result<(), String> {
@@ -355,6 +362,7 @@ struct VpcServiceBody {
 /// Routes under `/_emulator`.
 pub(super) fn router() -> Router<Arc<EmulatorControl>> {
     Router::new()
+        .route("/health", get(|| async { ok() }))
         .route("/state", get(|State(c): Ctl| async move { Json(c.state()) }))
         .route("/stats", get(|State(c): Ctl| async move { Json(c.stats()) }))
         .route(

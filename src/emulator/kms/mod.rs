@@ -110,8 +110,16 @@ impl KmsService {
         before - state.keys.len()
     }
 
-    /// Answer one `POST /` request.
+    /// Answer one `POST /` request, with a request id like KMS's.
     pub async fn handle(self: Arc<Self>, headers: &HeaderMap, body: Bytes) -> Response {
+        let mut response = self.answer(headers, body).await;
+        if let Ok(id) = HeaderValue::from_str(&state::new_key_id()) {
+            response.headers_mut().insert("x-amzn-requestid", id);
+        }
+        response
+    }
+
+    async fn answer(self: Arc<Self>, headers: &HeaderMap, body: Bytes) -> Response {
         let target = headers
             .get("x-amz-target")
             .and_then(|v| v.to_str().ok())
