@@ -43,7 +43,8 @@ enum Command {
         files: Vec<PathBuf>,
         #[command(flatten)]
         target: cli::Target,
-        /// Exit with code 2 when a change would disconnect a store.
+        /// Exit with code 2 when a change would disconnect a store (code 1 when a
+    /// resource is invalid).
         #[arg(long)]
         fail_on_disruptive: bool,
     },

@@ -7,6 +7,7 @@ use super::files::Manifests;
 use super::table::{self, LiveTable};
 use super::settle;
 use crate::api::{ExternalKeyStore, ExternalKeyStoreStatus, OperationPhase};
+use crate::emulator::xks_proxy::ProxyConfig;
 use crate::emulator::{self, EmulatorConfig};
 use crate::engine::{Engine, EngineOptions, Outcome, Request};
 use crate::kms::aws::AwsKeyStores;
@@ -17,6 +18,7 @@ use std::time::Duration;
 const SECRET_YAML: &str = include_str!("../../examples/credentials-secret.yaml");
 const STORE_YAML: &str = include_str!("../../examples/public-endpoint.yaml");
 const REPLICA: &str = "https://xks-replica.example.com";
+const FRESH_HOST: &str = "xks-other-ekm.example.com";
 const SETTLE: Duration = Duration::from_secs(60);
 
 pub async fn run() -> anyhow::Result<()> {
@@ -24,10 +26,6 @@ pub async fn run() -> anyhow::Result<()> {
     println!("  An embedded KMS + XKS proxy emulator listens on 127.0.0.1; the operator's engine");
     println!("  talks to it with the real aws-sdk-kms client and SigV4-signed proxy calls.\n");
 
-    let emu = emulator::start(EmulatorConfig::default(), ([127, 0, 0, 1], 0).into())
-        .await
-        .context("starting the embedded emulator")?;
-    println!("  emulator: KMS at {}", emu.kms_endpoint());
     let mut manifests = Manifests::default();
     manifests.add_yaml(SECRET_YAML)?;
     manifests.add_yaml(STORE_YAML)?;
@@ -36,11 +34,27 @@ pub async fn run() -> anyhow::Result<()> {
         .first()
         .cloned()
         .context("examples/public-endpoint.yaml holds no ExternalKeyStore")?;
+    let emu = emulator::start(EmulatorConfig::default(), ([127, 0, 0, 1], 0).into())
+        .await
+        .context("starting the embedded emulator")?;
+    println!("  emulator: KMS at {}", emu.kms_endpoint());
     let region = store.spec.region.clone().unwrap_or_else(|| "us-east-1".into());
     let kms = AwsKeyStores::for_endpoint(&emu.kms_endpoint(), &region);
     let client = kms.client().clone();
+    // A third proxy that answers but serves none of the keys: switching to
+    // it would strand ciphertext, and the preflight must say so.
+    let mut fresh = ProxyConfig::new(FRESH_HOST, "/example/kms/xks/v1");
+    if let Ok(c) = manifests.credential_for(&store) {
+        fresh = fresh.with_credential(&c.access_key_id, c.expose_secret());
+    }
+    emu.control()
+        .upsert_proxy(fresh)
+        .map_err(|e| anyhow::anyhow!("adding the demo's third proxy: {e}"))?;
+    emu.control().set_resolve(FRESH_HOST, &emu.kms_endpoint());
+    let mut resolve = emu.proxy_resolve_map();
+    resolve.insert(FRESH_HOST.to_string(), emu.kms_endpoint());
     let probe = HttpProxyProbe::new(ProbeOptions {
-        resolve: emu.proxy_resolve_map(),
+        resolve,
         ..ProbeOptions::default()
     })
     .context("building the proxy HTTP client")?;
@@ -99,9 +113,11 @@ pub async fn run() -> anyhow::Result<()> {
         Ok(()) => bail!("a uriEndpoint with a port was accepted"),
     }
     let mut stranded = store.clone();
-    stranded.spec.proxy.uri_endpoint = "https://xks-unknown.example.com".into();
+    stranded.spec.proxy.uri_endpoint = format!("https://{FRESH_HOST}");
     stranded.metadata.generation = Some(3);
-    println!("   uriEndpoint → https://xks-unknown.example.com (no proxy there):");
+    println!(
+        "   uriEndpoint → https://{FRESH_HOST} (a healthy proxy, but for another key manager: it lacks demo-key-1):"
+    );
     let outcome = apply(&engine, &manifests, &stranded, &mut status).await?;
     ensure!(outcome == Outcome::Stalled, "expected the change to be refused, got {outcome:?}");
     let phase = status.operation.as_ref().map(|o| o.phase);

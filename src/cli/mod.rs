@@ -78,13 +78,14 @@ pub async fn plan_command(
         bail!("no ExternalKeyStore found in the given files");
     }
     let mut disruptive_any = false;
+    let mut invalid_any = false;
     let options = EngineOptions::default();
     for store in &manifests.stores {
         let name = store.metadata.name.clone().unwrap_or_default();
         println!("ExternalKeyStore {}/{name}:", store.metadata.namespace.as_deref().unwrap_or("default"));
         if let Err(problem) = crate::api::validate::validate_resource(store, None) {
             println!("  INVALID: {problem}\n");
-            disruptive_any |= fail_on_disruptive;
+            invalid_any = true;
             continue;
         }
         let kms = target.key_stores(&target.region_for(store)).await;
@@ -152,7 +153,13 @@ pub async fn plan_command(
         }
         println!();
     }
-    Ok(if fail_on_disruptive && disruptive_any { 2 } else { 0 })
+    Ok(if invalid_any {
+        1
+    } else if fail_on_disruptive && disruptive_any {
+        2
+    } else {
+        0
+    })
 }
 
 /// `reconcile`: run the engine to completion for each resource, print the
@@ -184,7 +191,7 @@ pub async fn reconcile_command(
         let request = Request {
             resource: store,
             credential: manifests.credential_for(store),
-            approved: false,
+            approved: crate::api::is_approved(store),
             deleting: delete,
             requested_at: None,
         };

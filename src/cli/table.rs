@@ -37,7 +37,7 @@ impl StatusSink for LiveTable {
             let mut out = std::io::stdout().lock();
             for step in &op.steps {
                 let key = (format!("{:?}", step.name), step.state, step.message.clone());
-                if !self.printed.contains(&key) {
+                if step.state != StepState::Pending && !self.printed.contains(&key) {
                     let _ = writeln!(
                         out,
                         "  {:<10} {:<18} {:<10} {}",
