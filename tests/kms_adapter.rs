@@ -78,11 +78,8 @@ async fn handle(mock: Mock, headers: HeaderMap, body: Bytes) -> Response {
     }
 }
 
-/// Starts the mock; returns an adapter without SDK retries (so each error
-/// reaches the test once) and the mock's record.
-async fn start(
-    handler: impl Fn(&str, &Value) -> Reply + Send + Sync + 'static,
-) -> (AwsKeyStores, Mock) {
+/// Starts the mock; returns its base URL and its record.
+async fn serve(handler: impl Fn(&str, &Value) -> Reply + Send + Sync + 'static) -> (String, Mock) {
     let mock = Mock {
         calls: Arc::default(),
         handler: Arc::new(handler),
@@ -97,7 +94,16 @@ async fn start(
     tokio::spawn(async move {
         axum::serve(listener, router).await.unwrap();
     });
-    let kms = AwsKeyStores::for_endpoint(&format!("http://{addr}"), REGION).with_max_attempts(1);
+    (format!("http://{addr}"), mock)
+}
+
+/// The mock and an adapter to it without SDK retries (so each error reaches
+/// the test once).
+async fn start(
+    handler: impl Fn(&str, &Value) -> Reply + Send + Sync + 'static,
+) -> (AwsKeyStores, Mock) {
+    let (endpoint, mock) = serve(handler).await;
+    let kms = AwsKeyStores::for_endpoint(&endpoint, REGION).with_max_attempts(1);
     (kms, mock)
 }
 
@@ -636,4 +642,54 @@ async fn the_secret_never_shows() {
     for text in outputs.iter().chain(std::iter::once(&logged)) {
         assert!(!text.contains(SECRET), "secret leaked in: {text}");
     }
+}
+
+/// `from_env` reads the process environment, which a test must not change
+/// while other tests run in its process: the check runs in a child process
+/// (this binary again) with the variables set, against this test's mock.
+#[tokio::test]
+async fn from_env_uses_the_standard_chain_and_a_default_rate_limit() {
+    let (endpoint, mock) = serve(|_, _| Reply::Ok(json!({}))).await;
+    let child = tokio::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "from_env_child", "--ignored", "--nocapture"])
+        .env("XKS_TEST_FROM_ENV_CHILD", "1")
+        .env("AWS_ENDPOINT_URL_KMS", &endpoint)
+        .env("AWS_ACCESS_KEY_ID", "AKIDFROMENVIRONMENT1")
+        .env("AWS_SECRET_ACCESS_KEY", "secret-from-the-environment")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_CONFIG_FILE", "/nonexistent/xks-operator-test")
+        .env(
+            "AWS_SHARED_CREDENTIALS_FILE",
+            "/nonexistent/xks-operator-test",
+        )
+        .env_remove("AWS_PROFILE")
+        .env_remove("AWS_ENDPOINT_URL")
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        child.status.success(),
+        "the child's checks failed:\n{}{}",
+        String::from_utf8_lossy(&child.stdout),
+        String::from_utf8_lossy(&child.stderr)
+    );
+    assert_eq!(mock.bodies("ConnectCustomKeyStore").len(), 3);
+}
+
+#[tokio::test]
+#[ignore = "run by from_env_uses_the_standard_chain_and_a_default_rate_limit"]
+async fn from_env_child() {
+    if std::env::var_os("XKS_TEST_FROM_ENV_CHILD").is_none() {
+        return;
+    }
+    let kms = AwsKeyStores::from_env(Some("ap-south-1".to_owned())).await;
+    assert_eq!(
+        kms.client().config().region().map(|r| r.as_ref()),
+        Some("ap-south-1")
+    );
+    for i in 0..3 {
+        kms.connect(&format!("cks-{i}")).await.unwrap();
+    }
+    // 4.5/s with a burst of one: the 2nd and 3rd calls waited.
+    assert_eq!(kms.stats().waits("ConnectCustomKeyStore"), 2);
 }
