@@ -75,11 +75,14 @@ pub async fn reconcile<B: Backend>(
         sink.write(&status).await?;
     }
     if !deleting && !has_finalizer {
-        add_finalizer(&api, &obj).await?;
+        let mut finalizers = obj.finalizers().to_vec();
+        finalizers.push(FINALIZER.to_string());
+        let rv = set_finalizers(&api, &name, finalizers, sink.resource_version()).await?;
+        sink.set_resource_version(rv);
     }
     if deleting && obj.spec.deletion_policy == DeletionPolicy::Retain {
         // Retain leaves the store as it is: no need to even look at it.
-        remove_finalizer(&api, &obj).await?;
+        remove_finalizer(&api, &obj, sink.resource_version()).await?;
         sink.event(
             EventType::Normal,
             "Released",
@@ -139,7 +142,7 @@ pub async fn reconcile<B: Backend>(
     let drift = drift_interval(&obj, ctx.settings.drift_interval);
     Ok(match outcome {
         Outcome::Released if deleting => {
-            remove_finalizer(&api, &obj).await?;
+            remove_finalizer(&api, &obj, sink.resource_version()).await?;
             sink.event(
                 EventType::Normal,
                 "Released",
@@ -196,46 +199,40 @@ pub fn jitter(d: Duration) -> Duration {
     d.mul_f64(rand::random_range(0.9..1.1))
 }
 
-/// Merge patch guarded by resourceVersion: a concurrent change of the
-/// finalizer list makes it fail (409) and retry instead of clobbering.
+/// Merge patch guarded by `resource_version` (the object's latest known
+/// one: status writes move it): a concurrent change of the finalizer list
+/// makes it fail with 409 and retry instead of clobbering another
+/// controller's finalizer. Returns the new resourceVersion.
 async fn set_finalizers(
     api: &Api<ExternalKeyStore>,
-    obj: &ExternalKeyStore,
+    name: &str,
     finalizers: Vec<String>,
-) -> Result<(), Error> {
+    resource_version: Option<&str>,
+) -> Result<Option<String>, Error> {
     let mut metadata = serde_json::json!({ "finalizers": finalizers });
-    if let Some(rv) = obj.resource_version() {
+    if let Some(rv) = resource_version {
         metadata["resourceVersion"] = rv.into();
     }
     let patch = serde_json::json!({ "metadata": metadata });
     match api
-        .patch(
-            &obj.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
     {
-        Ok(_) => Ok(()),
+        Ok(obj) => Ok(obj.metadata.resource_version),
         // Gone already: nothing left to hold.
         Err(kube::Error::Api(s))
             if s.is_not_found() && !finalizers.iter().any(|f| f == FINALIZER) =>
         {
-            Ok(())
+            Ok(None)
         }
         Err(e) => Err(Error::Kube(e)),
     }
 }
 
-async fn add_finalizer(api: &Api<ExternalKeyStore>, obj: &ExternalKeyStore) -> Result<(), Error> {
-    let mut finalizers = obj.finalizers().to_vec();
-    finalizers.push(FINALIZER.to_string());
-    set_finalizers(api, obj, finalizers).await
-}
-
 async fn remove_finalizer(
     api: &Api<ExternalKeyStore>,
     obj: &ExternalKeyStore,
+    resource_version: Option<&str>,
 ) -> Result<(), Error> {
     let finalizers = obj
         .finalizers()
@@ -243,7 +240,9 @@ async fn remove_finalizer(
         .filter(|f| *f != FINALIZER)
         .cloned()
         .collect();
-    set_finalizers(api, obj, finalizers).await
+    set_finalizers(api, &obj.name_any(), finalizers, resource_version)
+        .await
+        .map(|_| ())
 }
 
 #[cfg(test)]

@@ -25,6 +25,9 @@ pub struct StatusWriter<'a> {
     metrics: &'a Metrics,
     /// The status as last written (or as read with the object).
     last: Option<ExternalKeyStoreStatus>,
+    /// The object's resourceVersion after the last write: a status write
+    /// changes it, and the finalizer patches are guarded by it.
+    resource_version: Option<String>,
 }
 
 impl<'a> StatusWriter<'a> {
@@ -41,7 +44,16 @@ impl<'a> StatusWriter<'a> {
             recorder,
             metrics,
             last: resource.status.clone(),
+            resource_version: resource.metadata.resource_version.clone(),
         }
+    }
+
+    pub fn resource_version(&self) -> Option<&str> {
+        self.resource_version.as_deref()
+    }
+
+    pub fn set_resource_version(&mut self, resource_version: Option<String>) {
+        self.resource_version = resource_version;
     }
 
     /// Publish an Event about the resource. A failure is logged, not
@@ -59,21 +71,23 @@ impl<'a> StatusWriter<'a> {
         }
     }
 
-    async fn apply(&self, status: &ExternalKeyStoreStatus) -> Result<(), SinkError> {
+    async fn apply(&mut self, status: &ExternalKeyStoreStatus) -> Result<(), SinkError> {
         let patch = serde_json::json!({
             "apiVersion": ExternalKeyStore::api_version(&()),
             "kind": ExternalKeyStore::kind(&()),
             "status": status,
         });
-        self.api
+        let written = self
+            .api
             .patch_status(
                 &self.name,
                 &PatchParams::apply(MANAGER).force(),
                 &Patch::Apply(&patch),
             )
             .await
-            .map(|_| ())
-            .map_err(|e| SinkError(format!("status of ExternalKeyStore {}: {e}", self.name)))
+            .map_err(|e| SinkError(format!("status of ExternalKeyStore {}: {e}", self.name)))?;
+        self.resource_version = written.metadata.resource_version;
+        Ok(())
     }
 
     /// Events and metrics for what changed between the last status and `new`.

@@ -1,0 +1,866 @@
+//! The controller's reconcile against a mocked Kubernetes API server
+//! (kube's `Client` over `tower_test::mock::pair`) and fake KMS and proxy
+//! ports: the exact API calls (finalizer, server-side-applied status,
+//! Secret read, Events) and the KMS calls each situation makes or must not
+//! make. The fake API server keeps the object, so a test can run several
+//! passes the way the controller would.
+
+use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use kube::client::Body;
+use kube::runtime::controller::Action;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use xks_operator::api::{ExternalKeyStore, FINALIZER};
+use xks_operator::controller::metrics::Metrics;
+use xks_operator::controller::{Backend, Context, Settings, reconcile};
+use xks_operator::kms::{CreateStore, KeyStores, KmsError, UpdateStore};
+use xks_operator::model::{ConnectionState, Connectivity, ObservedStore, ProxyConfig, StoreKey};
+use xks_operator::xks::{
+    HealthReport, KeyManagerHealth, KeyManagerStatus, KeyMetadata, ProbeError, ProxyProbe,
+    ProxyTarget,
+};
+
+const NS: &str = "default";
+const NAME: &str = "payments";
+const AKID: &str = "XKSDEMOKEYIDPRIMARYA";
+const SECRET: &str = "demoSecretAccessKeyForTheXksProxyPrimary0123456789";
+const STORE_PATH: &str =
+    "/apis/xks-operator.io/v1alpha1/namespaces/default/externalkeystores/payments";
+const STATUS_PATH: &str =
+    "/apis/xks-operator.io/v1alpha1/namespaces/default/externalkeystores/payments/status";
+const SECRET_PATH: &str = "/api/v1/namespaces/default/secrets/xks-proxy-credential";
+const EVENTS_PATH: &str = "/apis/events.k8s.io/v1/namespaces/default/events";
+
+// ---------------------------------------------------------------- fake KMS
+
+#[derive(Default)]
+struct KmsState {
+    stores: Mutex<Vec<ObservedStore>>,
+    /// Operation names in call order.
+    calls: Mutex<Vec<String>>,
+    mutations: AtomicUsize,
+}
+
+#[derive(Clone, Default)]
+struct FakeKms(Arc<KmsState>);
+
+impl FakeKms {
+    fn with_store(state: ConnectionState, endpoint: &str) -> Self {
+        let kms = Self::default();
+        kms.0.stores.lock().unwrap().push(ObservedStore {
+            id: "cks-1234567890abcdef0".into(),
+            name: NAME.into(),
+            store_type: "EXTERNAL_KEY_STORE".into(),
+            connection_state: state,
+            connection_error_code: None,
+            proxy: Some(ProxyConfig {
+                connectivity: Connectivity::PublicEndpoint,
+                uri_endpoint: endpoint.into(),
+                uri_path: "/kms/xks/v1".into(),
+                vpc_endpoint_service_name: None,
+                vpc_endpoint_service_owner: None,
+                access_key_id: AKID.into(),
+            }),
+        });
+        kms
+    }
+    fn log(&self, op: &str) {
+        self.0.calls.lock().unwrap().push(op.to_string());
+    }
+    fn mutate(
+        &self,
+        op: &str,
+        id: &str,
+        f: impl FnOnce(&mut ObservedStore),
+    ) -> Result<(), KmsError> {
+        self.log(op);
+        self.0.mutations.fetch_add(1, Ordering::SeqCst);
+        let mut stores = self.0.stores.lock().unwrap();
+        let store = stores
+            .iter_mut()
+            .find(|s| s.id == id)
+            .ok_or(KmsError::Service {
+                code: "CustomKeyStoreNotFoundException".into(),
+                message: "no such store".into(),
+            })?;
+        f(store);
+        Ok(())
+    }
+    fn calls(&self) -> Vec<String> {
+        self.0.calls.lock().unwrap().clone()
+    }
+    fn mutations(&self) -> usize {
+        self.0.mutations.load(Ordering::SeqCst)
+    }
+    fn store(&self) -> Option<ObservedStore> {
+        self.0.stores.lock().unwrap().first().cloned()
+    }
+}
+
+impl KeyStores for FakeKms {
+    async fn describe_by_id(&self, id: &str) -> Result<Option<ObservedStore>, KmsError> {
+        self.log("DescribeCustomKeyStores");
+        Ok(self
+            .0
+            .stores
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|s| s.id == id)
+            .cloned())
+    }
+    async fn describe_by_name(&self, name: &str) -> Result<Option<ObservedStore>, KmsError> {
+        self.log("DescribeCustomKeyStores");
+        Ok(self
+            .0
+            .stores
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|s| s.name == name)
+            .cloned())
+    }
+    async fn describe_all(&self) -> Result<Vec<ObservedStore>, KmsError> {
+        self.log("DescribeCustomKeyStores");
+        Ok(self.0.stores.lock().unwrap().clone())
+    }
+    async fn create(&self, req: &CreateStore) -> Result<String, KmsError> {
+        self.log("CreateCustomKeyStore");
+        self.0.mutations.fetch_add(1, Ordering::SeqCst);
+        let id = "cks-00000000000000001".to_string();
+        self.0.stores.lock().unwrap().push(ObservedStore {
+            id: id.clone(),
+            name: req.name.clone(),
+            store_type: "EXTERNAL_KEY_STORE".into(),
+            connection_state: ConnectionState::Disconnected,
+            connection_error_code: None,
+            proxy: Some(req.proxy.clone()),
+        });
+        Ok(id)
+    }
+    async fn update(&self, req: &UpdateStore) -> Result<(), KmsError> {
+        self.mutate("UpdateCustomKeyStore", &req.id, |s| {
+            if let Some(p) = s.proxy.as_mut() {
+                if let Some(e) = &req.uri_endpoint {
+                    p.uri_endpoint = e.clone();
+                }
+                if let Some(path) = &req.uri_path {
+                    p.uri_path = path.clone();
+                }
+                if let Some(c) = &req.credential {
+                    p.access_key_id = c.access_key_id.clone();
+                }
+            }
+            if let Some(n) = &req.new_name {
+                s.name = n.clone();
+            }
+        })
+    }
+    async fn connect(&self, id: &str) -> Result<(), KmsError> {
+        self.mutate("ConnectCustomKeyStore", id, |s| {
+            s.connection_state = ConnectionState::Connected
+        })
+    }
+    async fn disconnect(&self, id: &str) -> Result<(), KmsError> {
+        self.mutate("DisconnectCustomKeyStore", id, |s| {
+            s.connection_state = ConnectionState::Disconnected
+        })
+    }
+    async fn delete(&self, id: &str) -> Result<(), KmsError> {
+        self.mutate("DeleteCustomKeyStore", id, |_| {})?;
+        self.0.stores.lock().unwrap().retain(|s| s.id != id);
+        Ok(())
+    }
+    async fn list_store_keys(&self, _id: &str) -> Result<Vec<StoreKey>, KmsError> {
+        self.log("ListKeys");
+        Ok(Vec::new())
+    }
+}
+
+/// A healthy proxy that serves every key.
+#[derive(Clone, Default)]
+struct FakeProbe {
+    calls: Arc<AtomicUsize>,
+}
+
+impl ProxyProbe for FakeProbe {
+    async fn health(&self, _: &ProxyTarget) -> Result<HealthReport, ProbeError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        Ok(HealthReport {
+            fleet_size: 1,
+            proxy_vendor: "test".into(),
+            proxy_model: "test".into(),
+            ekm_vendor: "test".into(),
+            key_managers: vec![KeyManagerStatus {
+                id: "km-1".into(),
+                model: "test".into(),
+                health: KeyManagerHealth::Active,
+            }],
+        })
+    }
+    async fn key_metadata(&self, _: &ProxyTarget, _: &str) -> Result<KeyMetadata, ProbeError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        Ok(KeyMetadata {
+            key_spec: "AES_256".into(),
+            key_usage: vec!["ENCRYPT".into(), "DECRYPT".into()],
+            key_status: "ENABLED".into(),
+        })
+    }
+}
+
+struct FakeBackend {
+    kms: FakeKms,
+    probe: FakeProbe,
+}
+
+impl Backend for FakeBackend {
+    type Kms = FakeKms;
+    type Probe = FakeProbe;
+    async fn key_stores(&self, _region: &str) -> FakeKms {
+        self.kms.clone()
+    }
+    fn probe(&self) -> FakeProbe {
+        self.probe.clone()
+    }
+    fn default_region(&self) -> Option<String> {
+        Some("eu-west-1".into())
+    }
+}
+
+// --------------------------------------------------------- fake API server
+
+#[derive(Clone, Debug)]
+struct Call {
+    method: String,
+    path: String,
+    query: String,
+    content_type: String,
+    body: Value,
+}
+
+impl Call {
+    fn is(&self, method: &str, path: &str) -> bool {
+        self.method == method && self.path == path
+    }
+}
+
+#[derive(Default)]
+struct ApiState {
+    /// None once deleted (the last finalizer went away while deleting).
+    object: Option<Value>,
+    secret: Option<Value>,
+    calls: Vec<Call>,
+    resource_version: u64,
+}
+
+#[derive(Clone)]
+struct ApiServer(Arc<Mutex<ApiState>>);
+
+impl ApiServer {
+    /// A client whose every request is answered by this fake.
+    fn start(
+        object: Value,
+        secret: Option<Value>,
+    ) -> (Self, kube::Client, tokio::task::JoinHandle<()>) {
+        let server = Self(Arc::new(Mutex::new(ApiState {
+            object: Some(object),
+            secret,
+            resource_version: 100,
+            ..ApiState::default()
+        })));
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let task = tokio::spawn({
+            let server = server.clone();
+            async move {
+                while let Some((request, respond)) = handle.next_request().await {
+                    let response = server.answer(request).await;
+                    respond.send_response(response);
+                }
+            }
+        });
+        (server, kube::Client::new(service, NS), task)
+    }
+
+    async fn answer(&self, request: Request<Body>) -> Response<Body> {
+        let (parts, body) = request.into_parts();
+        let bytes = body
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        let call = Call {
+            method: parts.method.to_string(),
+            path: parts.uri.path().to_string(),
+            query: parts.uri.query().unwrap_or_default().to_string(),
+            content_type: parts
+                .headers
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string(),
+            body: body.clone(),
+        };
+        let mut state = self.0.lock().unwrap();
+        state.calls.push(call.clone());
+        let (status, payload) = match (call.method.as_str(), call.path.as_str()) {
+            ("GET", SECRET_PATH) => match &state.secret {
+                Some(s) => (StatusCode::OK, s.clone()),
+                None => not_found("secrets", "xks-proxy-credential"),
+            },
+            ("PATCH", STATUS_PATH) => {
+                state.resource_version += 1;
+                let rv = state.resource_version.to_string();
+                match state.object.as_mut() {
+                    Some(obj) => {
+                        obj["status"] = body["status"].clone();
+                        obj["metadata"]["resourceVersion"] = rv.into();
+                        (StatusCode::OK, obj.clone())
+                    }
+                    None => not_found("externalkeystores", NAME),
+                }
+            }
+            ("PATCH", STORE_PATH) => {
+                let current_rv = state.resource_version.to_string();
+                state.resource_version += 1;
+                let rv = state.resource_version.to_string();
+                let Some(obj) = state.object.as_mut() else {
+                    let (s, v) = not_found("externalkeystores", NAME);
+                    return respond_with(s, v);
+                };
+                let wanted_rv = &body["metadata"]["resourceVersion"];
+                if !wanted_rv.is_null() && wanted_rv != &Value::String(current_rv) {
+                    (
+                        StatusCode::CONFLICT,
+                        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Conflict", "code": 409, "message": "the object has been modified"}),
+                    )
+                } else {
+                    obj["metadata"]["finalizers"] = body["metadata"]["finalizers"].clone();
+                    obj["metadata"]["resourceVersion"] = rv.into();
+                    let updated = obj.clone();
+                    let released = updated["metadata"]["deletionTimestamp"].is_string()
+                        && updated["metadata"]["finalizers"]
+                            .as_array()
+                            .is_none_or(|f| f.is_empty());
+                    if released {
+                        state.object = None;
+                    }
+                    (StatusCode::OK, updated)
+                }
+            }
+            ("POST", EVENTS_PATH) => (StatusCode::CREATED, body),
+            ("PATCH", p) if p.starts_with(EVENTS_PATH) => (StatusCode::OK, body),
+            _ => not_found("unknown", &call.path),
+        };
+        respond_with(status, payload)
+    }
+
+    fn object(&self) -> Option<ExternalKeyStore> {
+        let state = self.0.lock().unwrap();
+        state
+            .object
+            .clone()
+            .map(|o| serde_json::from_value(o).expect("a valid ExternalKeyStore"))
+    }
+
+    fn calls(&self) -> Vec<Call> {
+        self.0.lock().unwrap().calls.clone()
+    }
+
+    fn clear_calls(&self) {
+        self.0.lock().unwrap().calls.clear();
+    }
+}
+
+fn respond_with(status: StatusCode, body: Value) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(Body::from(serde_json::to_vec(&body).unwrap()))
+        .unwrap()
+}
+
+fn not_found(kind: &str, name: &str) -> (StatusCode, Value) {
+    (
+        StatusCode::NOT_FOUND,
+        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404,
+               "message": format!("{kind} \"{name}\" not found")}),
+    )
+}
+
+// ---------------------------------------------------------------- fixtures
+
+fn resource(spec_extra: Value, metadata_extra: Value, status: Option<Value>) -> Value {
+    let mut obj = json!({
+        "apiVersion": "xks-operator.io/v1alpha1",
+        "kind": "ExternalKeyStore",
+        "metadata": {
+            "name": NAME, "namespace": NS, "uid": "8b0c7e42-0000-4000-8000-000000000001",
+            "generation": 1, "resourceVersion": "100"
+        },
+        "spec": {
+            "region": "eu-west-1",
+            "proxy": {
+                "uriEndpoint": "https://xks.example.com",
+                "uriPath": "/kms/xks/v1",
+                "credentialsSecretRef": {"name": "xks-proxy-credential"}
+            }
+        }
+    });
+    merge(&mut obj["spec"], spec_extra);
+    merge(&mut obj["metadata"], metadata_extra);
+    if let Some(s) = status {
+        obj["status"] = s;
+    }
+    obj
+}
+
+fn merge(target: &mut Value, extra: Value) {
+    if let (Some(t), Value::Object(e)) = (target.as_object_mut(), extra) {
+        for (k, v) in e {
+            t.insert(k, v);
+        }
+    }
+}
+
+fn secret() -> Value {
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "xks-proxy-credential", "namespace": NS},
+        "data": {"accessKeyId": b64(AKID), "secretAccessKey": b64(SECRET)}
+    })
+}
+
+fn with_finalizer() -> Value {
+    json!({"finalizers": [FINALIZER]})
+}
+
+/// A status as the operator left it after an earlier pass that found the
+/// store in sync (so no initial status is written).
+fn recorded_status(id: &str) -> Value {
+    json!({
+        "observedGeneration": 1,
+        "keyStoreId": id,
+        "conditions": [{"type": "Ready", "status": "True", "reason": "Connected", "message": "ok",
+                        "lastTransitionTime": "2026-01-01T00:00:00Z", "observedGeneration": 1}]
+    })
+}
+
+struct Harness {
+    api: ApiServer,
+    kms: FakeKms,
+    probe: FakeProbe,
+    ctx: Arc<Context<FakeBackend>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Harness {
+    fn new(object: Value, kms: FakeKms) -> Self {
+        let (api, client, task) = ApiServer::start(object, Some(secret()));
+        let probe = FakeProbe::default();
+        let backend = FakeBackend {
+            kms: kms.clone(),
+            probe: probe.clone(),
+        };
+        let ctx = Arc::new(Context::new(
+            client,
+            backend,
+            Arc::new(Metrics::new()),
+            Settings::default(),
+        ));
+        Self {
+            api,
+            kms,
+            probe,
+            ctx,
+            task,
+        }
+    }
+
+    async fn pass(&self) -> Action {
+        let obj = self.api.object().expect("the object still exists");
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            reconcile(Arc::new(obj), self.ctx.clone()),
+        )
+        .await
+        .expect("reconcile finishes quickly")
+        .expect("reconcile succeeds")
+    }
+
+    /// Every recorded call except Events.
+    fn api_calls(&self) -> Vec<Call> {
+        self.api
+            .calls()
+            .into_iter()
+            .filter(|c| !c.path.starts_with(EVENTS_PATH))
+            .collect()
+    }
+
+    fn events(&self) -> Vec<Value> {
+        self.api
+            .calls()
+            .into_iter()
+            .filter(|c| c.path.starts_with(EVENTS_PATH))
+            .map(|c| c.body)
+            .collect()
+    }
+
+    /// Nothing the operator sent to the API server holds the secret.
+    fn assert_secret_never_sent(&self) {
+        for call in self.api.calls() {
+            let text = call.body.to_string();
+            assert!(
+                !text.contains(SECRET),
+                "{} {} carries the secret",
+                call.method,
+                call.path
+            );
+        }
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn assert_ssa_status(call: &Call) {
+    assert!(call.is("PATCH", STATUS_PATH), "{call:?}");
+    assert!(
+        call.query.contains("fieldManager=xks-operator"),
+        "{}",
+        call.query
+    );
+    assert!(call.query.contains("force=true"), "{}", call.query);
+    assert_eq!(call.content_type, "application/apply-patch+yaml");
+    assert_eq!(call.body["apiVersion"], "xks-operator.io/v1alpha1");
+    assert_eq!(call.body["kind"], "ExternalKeyStore");
+}
+
+fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
+    status["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == type_))
+        .unwrap_or(&Value::Null)
+}
+
+// ------------------------------------------------------------------- tests
+
+#[tokio::test]
+async fn first_sight_writes_initial_status_adds_the_finalizer_reads_the_secret_then_creates() {
+    let h = Harness::new(resource(json!({}), json!({}), None), FakeKms::default());
+    let action = h.pass().await;
+
+    let calls = h.api_calls();
+    // 1. the initial status, by server-side apply, before anything else.
+    assert_ssa_status(&calls[0]);
+    let initial = &calls[0].body["status"];
+    assert_eq!(condition(initial, "Reconciling")["status"], "True");
+    assert_eq!(condition(initial, "Reconciling")["reason"], "Initializing");
+    // 2. the finalizer, guarded by the resourceVersion the status write
+    // returned (a status write moves it; the one read would conflict).
+    assert!(calls[1].is("PATCH", STORE_PATH), "{:?}", calls[1]);
+    assert_eq!(calls[1].content_type, "application/merge-patch+json");
+    assert_eq!(calls[1].body["metadata"]["finalizers"], json!([FINALIZER]));
+    assert_eq!(calls[1].body["metadata"]["resourceVersion"], "101");
+    // 3. the Secret.
+    assert!(calls[2].is("GET", SECRET_PATH), "{:?}", calls[2]);
+    // then only status writes, all server-side applied.
+    assert!(calls.len() > 3);
+    for call in &calls[3..] {
+        assert_ssa_status(call);
+    }
+
+    // The engine created and connected the store in the same pass.
+    assert!(
+        h.kms.calls().contains(&"CreateCustomKeyStore".to_string()),
+        "{:?}",
+        h.kms.calls()
+    );
+    assert!(
+        h.probe.calls.load(Ordering::SeqCst) > 0,
+        "preflight called the proxy"
+    );
+    let obj = h.api.object().expect("exists");
+    assert_eq!(obj.metadata.finalizers, Some(vec![FINALIZER.to_string()]));
+    let status = obj.status.expect("status");
+    assert_eq!(
+        status.key_store_id.as_deref(),
+        Some("cks-00000000000000001")
+    );
+    assert!(status.credential_fingerprint.is_some());
+    assert!(matches!(action, a if a != Action::await_change()));
+
+    // Events name each step; none carries the secret.
+    let events = h.events();
+    let reasons: Vec<&str> = events.iter().filter_map(|e| e["reason"].as_str()).collect();
+    assert!(reasons.contains(&"StepSucceeded"), "{reasons:?}");
+    assert!(events.iter().any(|e| e["action"] == "Create"), "{events:?}");
+    assert!(events.iter().all(|e| e["regarding"]["name"] == NAME));
+    h.assert_secret_never_sent();
+}
+
+#[tokio::test]
+async fn an_in_sync_store_is_not_rewritten_when_only_timestamps_would_change() {
+    let kms = FakeKms::default();
+    let h = Harness::new(resource(json!({}), json!({}), None), kms);
+    // Converge: create, connect, then a pass that finds it in sync.
+    for _ in 0..5 {
+        h.pass().await;
+    }
+    let status = h.api.object().and_then(|o| o.status).expect("status");
+    assert_eq!(status.connection_state.as_deref(), Some("CONNECTED"));
+    assert!(
+        status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True"),
+        "{status:?}"
+    );
+
+    h.api.clear_calls();
+    let action = h.pass().await;
+    let calls = h.api_calls();
+    assert_eq!(calls.len(), 1, "only the Secret is read: {calls:?}");
+    assert!(calls[0].is("GET", SECRET_PATH));
+    assert!(h.events().is_empty());
+    // Drift is checked again after the default interval, ±10%.
+    let requeue = format!("{action:?}");
+    assert!(requeue.contains("requeue_after: Some"), "{requeue}");
+}
+
+#[tokio::test]
+async fn suspend_makes_no_aws_call() {
+    let kms = FakeKms::with_store(ConnectionState::Connected, "https://old.example.com");
+    let h = Harness::new(
+        resource(
+            json!({"suspend": true}),
+            with_finalizer(),
+            Some(recorded_status("cks-1234567890abcdef0")),
+        ),
+        kms,
+    );
+    let action = h.pass().await;
+    assert_eq!(action, Action::await_change());
+    assert!(h.kms.calls().is_empty(), "{:?}", h.kms.calls());
+    assert_eq!(h.probe.calls.load(Ordering::SeqCst), 0);
+    let calls = h.api_calls();
+    let status_writes: Vec<&Call> = calls.iter().filter(|c| c.path == STATUS_PATH).collect();
+    assert_eq!(status_writes.len(), 1, "{calls:?}");
+    assert_ssa_status(status_writes[0]);
+    let ready = condition(&status_writes[0].body["status"], "Ready");
+    assert_eq!(ready["reason"], "Suspended");
+    assert!(
+        !calls.iter().any(|c| c.path == STORE_PATH),
+        "no finalizer change"
+    );
+}
+
+#[tokio::test]
+async fn deletion_with_retain_removes_the_finalizer_without_a_kms_call() {
+    let kms = FakeKms::with_store(ConnectionState::Connected, "https://xks.example.com");
+    let h = Harness::new(
+        resource(
+            json!({"deletionPolicy": "Retain"}),
+            json!({"finalizers": [FINALIZER, "example.com/other"], "deletionTimestamp": "2026-01-01T00:00:00Z"}),
+            Some(recorded_status("cks-1234567890abcdef0")),
+        ),
+        kms,
+    );
+    assert_eq!(h.pass().await, Action::await_change());
+    assert!(h.kms.calls().is_empty(), "{:?}", h.kms.calls());
+    let calls = h.api_calls();
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert!(calls[0].is("PATCH", STORE_PATH));
+    // Only our finalizer goes; another controller's stays.
+    assert_eq!(
+        calls[0].body["metadata"]["finalizers"],
+        json!(["example.com/other"])
+    );
+    assert!(h.events().iter().any(|e| e["reason"] == "Released"));
+    assert!(h.kms.store().is_some(), "the store is kept");
+}
+
+#[tokio::test]
+async fn deletion_with_delete_disconnects_and_deletes_before_releasing() {
+    let kms = FakeKms::with_store(ConnectionState::Connected, "https://xks.example.com");
+    let h = Harness::new(
+        resource(
+            json!({"deletionPolicy": "Delete"}),
+            json!({"finalizers": [FINALIZER], "deletionTimestamp": "2026-01-01T00:00:00Z"}),
+            Some(recorded_status("cks-1234567890abcdef0")),
+        ),
+        kms,
+    );
+    for _ in 0..6 {
+        if h.api.object().is_none() {
+            break;
+        }
+        h.pass().await;
+    }
+    assert!(
+        h.api.object().is_none(),
+        "the finalizer was removed and the object is gone"
+    );
+    let mutations: Vec<String> = h
+        .kms
+        .calls()
+        .into_iter()
+        .filter(|c| !c.starts_with("Describe") && c != "ListKeys")
+        .collect();
+    assert_eq!(
+        mutations,
+        ["DisconnectCustomKeyStore", "DeleteCustomKeyStore"]
+    );
+    assert!(h.kms.store().is_none());
+    // The finalizer goes last, after the store is deleted.
+    let calls = h.api_calls();
+    let last = calls.last().expect("calls");
+    assert!(last.is("PATCH", STORE_PATH), "{last:?}");
+    assert_eq!(last.body["metadata"]["finalizers"], json!([]));
+    h.assert_secret_never_sent();
+}
+
+#[tokio::test]
+async fn a_disruptive_change_awaits_approval_and_leaves_the_store_untouched() {
+    let kms = FakeKms::with_store(ConnectionState::Connected, "https://old.example.com");
+    let h = Harness::new(
+        resource(
+            json!({"disruptiveUpdates": "RequireApproval"}),
+            with_finalizer(),
+            Some(recorded_status("cks-1234567890abcdef0")),
+        ),
+        kms,
+    );
+    assert_eq!(h.pass().await, Action::await_change());
+    assert_eq!(h.kms.mutations(), 0, "{:?}", h.kms.calls());
+    let store = h.kms.store().expect("store");
+    assert_eq!(store.connection_state, ConnectionState::Connected);
+    assert_eq!(
+        store.proxy.map(|p| p.uri_endpoint).as_deref(),
+        Some("https://old.example.com")
+    );
+    let status = h.api.object().and_then(|o| o.status).expect("status");
+    let op = status.operation.expect("operation");
+    assert_eq!(format!("{:?}", op.phase), "AwaitingApproval");
+    assert!(
+        op.message
+            .as_deref()
+            .unwrap_or_default()
+            .contains("xks-operator.io/approve-generation=1"),
+        "{:?}",
+        op.message
+    );
+    assert!(h.events().iter().any(|e| e["reason"] == "AwaitingApproval"));
+
+    // An approval of another generation is no approval.
+    set_annotation(&h.api, "xks-operator.io/approve-generation", "2");
+    assert_eq!(h.pass().await, Action::await_change());
+    assert_eq!(h.kms.mutations(), 0);
+
+    // Approving this generation lets it disconnect, update and reconnect.
+    set_annotation(&h.api, "xks-operator.io/approve-generation", "1");
+    for _ in 0..5 {
+        h.pass().await;
+    }
+    let mutations: Vec<String> = h
+        .kms
+        .calls()
+        .into_iter()
+        .filter(|c| !c.starts_with("Describe") && c != "ListKeys")
+        .collect();
+    assert_eq!(
+        mutations,
+        [
+            "DisconnectCustomKeyStore",
+            "UpdateCustomKeyStore",
+            "ConnectCustomKeyStore"
+        ]
+    );
+    let store = h.kms.store().expect("store");
+    assert_eq!(
+        store.proxy.map(|p| p.uri_endpoint).as_deref(),
+        Some("https://xks.example.com")
+    );
+}
+
+#[tokio::test]
+async fn a_requested_reconcile_is_echoed_into_status() {
+    let kms = FakeKms::default();
+    let h = Harness::new(
+        resource(
+            json!({}),
+            json!({"annotations": {"reconcile.fluxcd.io/requestedAt": "2026-11-23T19:00:00Z"}}),
+            None,
+        ),
+        kms,
+    );
+    h.pass().await;
+    let status = h.api.object().and_then(|o| o.status).expect("status");
+    assert_eq!(
+        status.last_handled_reconcile_at.as_deref(),
+        Some("2026-11-23T19:00:00Z")
+    );
+}
+
+#[tokio::test]
+async fn a_missing_secret_stalls_with_its_name_and_no_kms_change() {
+    let (api, client, task) = ApiServer::start(resource(json!({}), with_finalizer(), None), None);
+    let kms = FakeKms::default();
+    let backend = FakeBackend {
+        kms: kms.clone(),
+        probe: FakeProbe::default(),
+    };
+    let ctx = Arc::new(Context::new(
+        client,
+        backend,
+        Arc::new(Metrics::new()),
+        Settings::default(),
+    ));
+    let obj = api.object().expect("object");
+    reconcile(Arc::new(obj), ctx).await.expect("reconcile");
+    task.abort();
+    assert_eq!(kms.mutations(), 0);
+    let status = api.object().and_then(|o| o.status).expect("status");
+    let stalled = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Stalled")
+        .expect("Stalled");
+    assert_eq!(stalled.status, "True");
+    assert_eq!(stalled.reason, "CredentialSecretInvalid");
+    assert!(
+        stalled.message.contains("xks-proxy-credential"),
+        "{}",
+        stalled.message
+    );
+    let events: BTreeMap<String, String> = api
+        .calls()
+        .into_iter()
+        .filter(|c| c.path == EVENTS_PATH)
+        .map(|c| {
+            (
+                c.body["reason"].as_str().unwrap_or_default().to_string(),
+                c.body["type"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        events.get("CredentialSecretInvalid").map(String::as_str),
+        Some("Warning")
+    );
+}
+
+fn set_annotation(api: &ApiServer, key: &str, value: &str) {
+    let mut state = api.0.lock().unwrap();
+    if let Some(obj) = state.object.as_mut() {
+        obj["metadata"]["annotations"][key] = value.into();
+    }
+}
