@@ -160,9 +160,10 @@ impl AwsKeyStores {
     }
 
     /// One token bucket per custom-key-store operation refilling at
-    /// `per_second`, with a burst of one: calls are spaced evenly, so no
-    /// one-second window can exceed the rate. A non-positive or non-finite
-    /// rate removes the limit.
+    /// `per_second`, with a burst of one: calls are spaced evenly, so at
+    /// most ⌈rate⌉ start in any one-second window (5 for 4.5/s, KMS's
+    /// quota). SDK retries happen inside one admitted call. A non-positive or
+    /// non-finite rate removes the limit.
     pub fn with_rate_limit(mut self, per_second: f64) -> Self {
         self.limiter = (per_second.is_finite() && per_second > 0.0)
             .then(|| Duration::from_secs_f64(1.0 / per_second))
