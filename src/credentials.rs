@@ -17,9 +17,7 @@ pub enum CredentialError {
     MissingKey { secret: String, key: String },
     #[error("Secret {secret} key {key} is not valid UTF-8")]
     NotUtf8 { secret: String, key: String },
-    #[error(
-        "Secret {secret} key {key}: the access key id must be 20-30 characters of A-Z and 2-7"
-    )]
+    #[error("Secret {secret} key {key}: the access key id must be 20-30 characters of A-Z and 2-7")]
     BadAccessKeyId { secret: String, key: String },
     #[error(
         "Secret {secret} key {key}: the secret access key must be 43-64 characters of a-z, A-Z, 0-9, /, + and ="
@@ -94,7 +92,10 @@ pub fn fingerprint(credential: &ProxyCredential, key: &[u8]) -> String {
     mac.update(credential.access_key_id.as_bytes());
     mac.update(&[0]);
     mac.update(credential.expose_secret().as_bytes());
-    format!("hmac-sha256:{}", hex::encode(&mac.finalize().into_bytes()[..16]))
+    format!(
+        "hmac-sha256:{}",
+        hex::encode(&mac.finalize().into_bytes()[..16])
+    )
 }
 
 #[cfg(test)]
@@ -131,7 +132,10 @@ mod tests {
 
     #[test]
     fn reads_and_trims_a_valid_secret() {
-        let s = secret(&[("accessKeyId", AKID), ("secretAccessKey", &format!("{SECRET}\n"))]);
+        let s = secret(&[
+            ("accessKeyId", AKID),
+            ("secretAccessKey", &format!("{SECRET}\n")),
+        ]);
         let c = from_secret(&s, &reference()).expect("valid");
         assert_eq!(c.access_key_id, AKID);
         assert_eq!(c.expose_secret(), SECRET);
@@ -164,7 +168,10 @@ mod tests {
     #[test]
     fn fingerprint_changes_with_the_secret_and_hides_it() {
         let a = ProxyCredential::new(AKID, SECRET);
-        let b = ProxyCredential::new(AKID, "demoRotatedSecretAccessKeyForTheXksProxyPrimary9876543");
+        let b = ProxyCredential::new(
+            AKID,
+            "demoRotatedSecretAccessKeyForTheXksProxyPrimary9876543",
+        );
         let fa = fingerprint(&a, b"k");
         assert_ne!(fa, fingerprint(&b, b"k"));
         assert_ne!(fa, fingerprint(&a, b"other key"));

@@ -44,7 +44,7 @@ enum Command {
         #[command(flatten)]
         target: cli::Target,
         /// Exit with code 2 when a change would disconnect a store (code 1 when a
-    /// resource is invalid).
+        /// resource is invalid).
         #[arg(long)]
         fail_on_disruptive: bool,
     },
@@ -111,9 +111,9 @@ async fn main() -> ExitCode {
             )
             .await
         }
-        Command::Emulator { listen, config } => {
-            xks_operator::emulator::run_cli(listen, config).await.map(|()| 0)
-        }
+        Command::Emulator { listen, config } => xks_operator::emulator::run_cli(listen, config)
+            .await
+            .map(|()| 0),
         Command::Run(args) => xks_operator::controller::run(args).await.map(|()| 0),
         Command::Crd => serde_yaml::to_string(&ExternalKeyStore::crd())
             .map(|yaml| {

@@ -94,7 +94,11 @@ impl Diff {
 /// when the access key id differs, or when the secret's fingerprint is not the
 /// one the operator last applied (KMS never shows the secret; an adopted store
 /// whose secret the operator never applied gets it pushed once).
-pub fn diff(desired: &Desired, observed: &ObservedStore, applied_fingerprint: Option<&str>) -> Diff {
+pub fn diff(
+    desired: &Desired,
+    observed: &ObservedStore,
+    applied_fingerprint: Option<&str>,
+) -> Diff {
     let want = &desired.proxy;
     let Some(have) = observed.proxy.as_ref() else {
         // Not an XKS store: nothing comparable. Callers refuse such stores.
@@ -329,7 +333,10 @@ fn trigger_text(desired: &Desired, store: &ObservedStore, d: &Diff) -> String {
     if store.connection_state == ConnectionState::Failed {
         parts.push(format!(
             "store is FAILED ({})",
-            store.connection_error_code.as_deref().unwrap_or("no error code")
+            store
+                .connection_error_code
+                .as_deref()
+                .unwrap_or("no error code")
         ));
     }
     let want = match desired.connection {
@@ -681,7 +688,11 @@ mod tests {
                     self.state = S::Disconnected;
                 }
                 StepName::Update | StepName::RestorePrevious => {
-                    let d = diff(desired, &self.observed().ok_or("no store")?, self.fingerprint.as_deref());
+                    let d = diff(
+                        desired,
+                        &self.observed().ok_or("no store")?,
+                        self.fingerprint.as_deref(),
+                    );
                     if d.needs_disconnect() && self.state != S::Disconnected {
                         return Err(format!(
                             "Update of a disconnect-only field while {}",
@@ -731,51 +742,53 @@ mod tests {
             any::<bool>(),
             any::<bool>(),
         )
-            .prop_map(|(flip, state, connected, delete_policy, exists, deleting)| {
-                let mut d = desired();
-                d.connection = if connected {
-                    DesiredConnectionState::Connected
-                } else {
-                    DesiredConnectionState::Disconnected
-                };
-                d.deletion_policy = if delete_policy {
-                    DeletionPolicy::Delete
-                } else {
-                    DeletionPolicy::Retain
-                };
-                if flip[4] {
-                    d.proxy.connectivity = Connectivity::VpcEndpointService;
-                    d.proxy.vpc_endpoint_service_name =
-                        Some("com.amazonaws.vpce.us-east-1.vpce-svc-0123456789abcdef0".into());
-                    if flip[6] {
-                        d.proxy.vpc_endpoint_service_owner = Some("444455556666".into());
+            .prop_map(
+                |(flip, state, connected, delete_policy, exists, deleting)| {
+                    let mut d = desired();
+                    d.connection = if connected {
+                        DesiredConnectionState::Connected
+                    } else {
+                        DesiredConnectionState::Disconnected
+                    };
+                    d.deletion_policy = if delete_policy {
+                        DeletionPolicy::Delete
+                    } else {
+                        DeletionPolicy::Retain
+                    };
+                    if flip[4] {
+                        d.proxy.connectivity = Connectivity::VpcEndpointService;
+                        d.proxy.vpc_endpoint_service_name =
+                            Some("com.amazonaws.vpce.us-east-1.vpce-svc-0123456789abcdef0".into());
+                        if flip[6] {
+                            d.proxy.vpc_endpoint_service_owner = Some("444455556666".into());
+                        }
                     }
-                }
-                let mut store = ModelStore {
-                    name: d.name.clone(),
-                    proxy: desired().proxy,
-                    fingerprint: Some(d.credential_fingerprint.clone()),
-                    state,
-                    exists,
-                    deleted: false,
-                };
-                if flip[0] {
-                    store.name = "old-name".into();
-                }
-                if flip[1] {
-                    store.fingerprint = Some("old-fp".into());
-                }
-                if flip[2] {
-                    store.proxy.uri_path = "/old/kms/xks/v1".into();
-                }
-                if flip[3] {
-                    store.proxy.uri_endpoint = "https://xks-old.example.com".into();
-                }
-                if flip[5] {
-                    store.proxy.access_key_id = "AKIDOLDAAAAAAAAAAAAA".into();
-                }
-                (d, store, deleting)
-            })
+                    let mut store = ModelStore {
+                        name: d.name.clone(),
+                        proxy: desired().proxy,
+                        fingerprint: Some(d.credential_fingerprint.clone()),
+                        state,
+                        exists,
+                        deleted: false,
+                    };
+                    if flip[0] {
+                        store.name = "old-name".into();
+                    }
+                    if flip[1] {
+                        store.fingerprint = Some("old-fp".into());
+                    }
+                    if flip[2] {
+                        store.proxy.uri_path = "/old/kms/xks/v1".into();
+                    }
+                    if flip[3] {
+                        store.proxy.uri_endpoint = "https://xks-old.example.com".into();
+                    }
+                    if flip[5] {
+                        store.proxy.access_key_id = "AKIDOLDAAAAAAAAAAAAA".into();
+                    }
+                    (d, store, deleting)
+                },
+            )
     }
 
     fn recorded_op(op: &NewOperation, done: usize) -> Operation {

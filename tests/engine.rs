@@ -138,9 +138,15 @@ async fn converge(
     status: &mut ExternalKeyStoreStatus,
     sink: &mut Recorder,
 ) -> Outcome {
-    settle(&h.engine, &request(res, credential), status, sink, Duration::from_secs(30))
-        .await
-        .expect("settles")
+    settle(
+        &h.engine,
+        &request(res, credential),
+        status,
+        sink,
+        Duration::from_secs(30),
+    )
+    .await
+    .expect("settles")
 }
 
 fn step_names(status: &ExternalKeyStoreStatus) -> Vec<StepName> {
@@ -224,7 +230,14 @@ async fn rename_is_online() {
     let h = harness().await;
     let (mut res, mut status) = created(&h).await;
     res.spec.key_store_name = Some("payments-eu".into());
-    let outcome = converge(&h, &res, credential(), &mut status, &mut Recorder::default()).await;
+    let outcome = converge(
+        &h,
+        &res,
+        credential(),
+        &mut status,
+        &mut Recorder::default(),
+    )
+    .await;
     assert_eq!(outcome, Outcome::InSync);
     assert_eq!(step_names(&status), vec![StepName::Update]);
     assert_eq!(kms_view(&h).await[0].name, "payments-eu");
@@ -255,7 +268,10 @@ fn rotate_on_proxies(h: &Harness) {
     for host in ["xks-primary.example.com", "xks-replica.example.com"] {
         h.emu
             .control()
-            .add_credential(host, ProxyCredentialConfig::new(DEMO_ACCESS_KEY_ID, DEMO_ROTATED_SECRET))
+            .add_credential(
+                host,
+                ProxyCredentialConfig::new(DEMO_ACCESS_KEY_ID, DEMO_ROTATED_SECRET),
+            )
             .expect("rotate on proxy");
     }
 }
@@ -268,7 +284,14 @@ async fn uri_path_change_is_online_and_preflighted() {
     moved.uri_path = "/tenant-a/kms/xks/v1".into();
     h.emu.control().upsert_proxy(moved).expect("proxy moves");
     res.spec.proxy.uri_path = "/tenant-a/kms/xks/v1".into();
-    let outcome = converge(&h, &res, credential(), &mut status, &mut Recorder::default()).await;
+    let outcome = converge(
+        &h,
+        &res,
+        credential(),
+        &mut status,
+        &mut Recorder::default(),
+    )
+    .await;
     assert_eq!(outcome, Outcome::InSync);
     assert_eq!(
         step_names(&status),
@@ -330,11 +353,13 @@ async fn endpoint_change_disconnects_updates_checks_and_reconnects() {
 async fn connectivity_change_to_vpc_and_back() {
     let h = harness().await;
     let (_, mut status) = created(&h).await;
-    h.emu.control().set_vpc_endpoint_service(VpcEndpointServiceConfig {
-        name: VPC_SERVICE.into(),
-        owner: None,
-        private_dns_name: VPC_HOST.into(),
-    });
+    h.emu
+        .control()
+        .set_vpc_endpoint_service(VpcEndpointServiceConfig {
+            name: VPC_SERVICE.into(),
+            owner: None,
+            private_dns_name: VPC_HOST.into(),
+        });
     h.emu
         .control()
         .upsert_proxy(demo_proxy(VPC_HOST))
@@ -343,16 +368,33 @@ async fn connectivity_change_to_vpc_and_back() {
     let vpc = resource(&format!(
         "  proxy:\n    connectivity: VpcEndpointService\n    uriEndpoint: https://{VPC_HOST}\n    uriPath: {PATH}\n    vpcEndpointService: {{name: {VPC_SERVICE}}}\n    credentialsSecretRef: {{name: cred}}\n"
     ));
-    let outcome = converge(&h, &vpc, credential(), &mut status, &mut Recorder::default()).await;
+    let outcome = converge(
+        &h,
+        &vpc,
+        credential(),
+        &mut status,
+        &mut Recorder::default(),
+    )
+    .await;
     assert_eq!(outcome, Outcome::InSync, "{:?}", status.conditions);
     let store = &kms_view(&h).await[0];
     let proxy = store.proxy.as_ref().expect("xks");
     assert_eq!(proxy.connectivity, Connectivity::VpcEndpointService);
-    assert_eq!(proxy.vpc_endpoint_service_name.as_deref(), Some(VPC_SERVICE));
+    assert_eq!(
+        proxy.vpc_endpoint_service_name.as_deref(),
+        Some(VPC_SERVICE)
+    );
     assert_eq!(store.connection_state, ConnectionState::Connected);
 
     let back = public(PRIMARY);
-    let outcome = converge(&h, &back, credential(), &mut status, &mut Recorder::default()).await;
+    let outcome = converge(
+        &h,
+        &back,
+        credential(),
+        &mut status,
+        &mut Recorder::default(),
+    )
+    .await;
     assert_eq!(outcome, Outcome::InSync, "{:?}", status.conditions);
     let store = &kms_view(&h).await[0];
     let proxy = store.proxy.as_ref().expect("xks");
@@ -366,10 +408,20 @@ async fn desired_disconnected_disconnects_and_is_ready() {
     let h = harness().await;
     let (mut res, mut status) = created(&h).await;
     res.spec.connection_state = xks_operator::api::DesiredConnectionState::Disconnected;
-    let outcome = converge(&h, &res, credential(), &mut status, &mut Recorder::default()).await;
+    let outcome = converge(
+        &h,
+        &res,
+        credential(),
+        &mut status,
+        &mut Recorder::default(),
+    )
+    .await;
     assert_eq!(outcome, Outcome::InSync);
     assert_eq!(step_names(&status), vec![StepName::Disconnect]);
-    assert_eq!(kms_view(&h).await[0].connection_state, ConnectionState::Disconnected);
+    assert_eq!(
+        kms_view(&h).await[0].connection_state,
+        ConnectionState::Disconnected
+    );
     assert!(conditions::is_true(&status, conditions::READY));
 }
 
@@ -381,7 +433,11 @@ async fn failed_store_is_recovered() {
     // Break the proxy, cycle the connection by hand: KMS marks it FAILED.
     h.emu
         .fleet()
-        .set_key_manager_health("xks-primary.example.com", "ekm-1", KeyManagerHealth::Unavailable)
+        .set_key_manager_health(
+            "xks-primary.example.com",
+            "ekm-1",
+            KeyManagerHealth::Unavailable,
+        )
         .expect("health");
     h.engine.kms.disconnect(&id).await.expect("disconnect");
     wait_state(&h, &id, ConnectionState::Disconnected).await;
@@ -392,10 +448,23 @@ async fn failed_store_is_recovered() {
         .set_key_manager_health("xks-primary.example.com", "ekm-1", KeyManagerHealth::Active)
         .expect("health");
 
-    let outcome = converge(&h, &res, credential(), &mut status, &mut Recorder::default()).await;
+    let outcome = converge(
+        &h,
+        &res,
+        credential(),
+        &mut status,
+        &mut Recorder::default(),
+    )
+    .await;
     assert_eq!(outcome, Outcome::InSync);
-    assert_eq!(step_names(&status), vec![StepName::Disconnect, StepName::Connect]);
-    assert_eq!(kms_view(&h).await[0].connection_state, ConnectionState::Connected);
+    assert_eq!(
+        step_names(&status),
+        vec![StepName::Disconnect, StepName::Connect]
+    );
+    assert_eq!(
+        kms_view(&h).await[0].connection_state,
+        ConnectionState::Connected
+    );
 }
 
 async fn wait_state(h: &Harness, id: &str, want: ConnectionState) {
@@ -414,7 +483,10 @@ async fn wait_state(h: &Harness, id: &str, want: ConnectionState) {
 async fn wrong_credential_is_refused_before_anything_is_created() {
     let h = harness().await;
     let res = public(PRIMARY);
-    let wrong = ProxyCredential::new(DEMO_ACCESS_KEY_ID, "wrongSecretAccessKeyThatTheProxyDoesNotKnow0000");
+    let wrong = ProxyCredential::new(
+        DEMO_ACCESS_KEY_ID,
+        "wrongSecretAccessKeyThatTheProxyDoesNotKnow0000",
+    );
     let mut status = ExternalKeyStoreStatus::default();
     let outcome = converge(&h, &res, wrong, &mut status, &mut Recorder::default()).await;
     assert_eq!(outcome, Outcome::Stalled);
@@ -429,7 +501,14 @@ async fn unreachable_new_proxy_leaves_the_store_connected() {
     let h = harness().await;
     let (mut res, mut status) = created(&h).await;
     res.spec.proxy.uri_endpoint = "https://xks-nowhere.example.com".into();
-    let outcome = converge(&h, &res, credential(), &mut status, &mut Recorder::default()).await;
+    let outcome = converge(
+        &h,
+        &res,
+        credential(),
+        &mut status,
+        &mut Recorder::default(),
+    )
+    .await;
     assert_eq!(outcome, Outcome::Stalled);
     assert_eq!(
         conditions::get(&status, conditions::STALLED).map(|c| c.reason.as_str()),
@@ -437,7 +516,10 @@ async fn unreachable_new_proxy_leaves_the_store_connected() {
     );
     let store = &kms_view(&h).await[0];
     assert_eq!(store.connection_state, ConnectionState::Connected);
-    assert_eq!(store.proxy.as_ref().map(|p| p.uri_endpoint.as_str()), Some(PRIMARY));
+    assert_eq!(
+        store.proxy.as_ref().map(|p| p.uri_endpoint.as_str()),
+        Some(PRIMARY)
+    );
     assert_eq!(calls(&h, "DisconnectCustomKeyStore"), 0);
 }
 
@@ -459,12 +541,26 @@ async fn proxy_missing_a_key_of_the_store_is_refused() {
         .remove_key("xks-replica.example.com", "demo-key-2")
         .expect("remove key");
     res.spec.proxy.uri_endpoint = REPLICA.into();
-    let outcome = converge(&h, &res, credential(), &mut status, &mut Recorder::default()).await;
+    let outcome = converge(
+        &h,
+        &res,
+        credential(),
+        &mut status,
+        &mut Recorder::default(),
+    )
+    .await;
     assert_eq!(outcome, Outcome::Stalled);
     let stalled = conditions::get(&status, conditions::STALLED).expect("stalled");
     assert_eq!(stalled.reason, "KeyContinuityNotProven");
-    assert!(stalled.message.contains("demo-key-2"), "{}", stalled.message);
-    assert_eq!(kms_view(&h).await[0].connection_state, ConnectionState::Connected);
+    assert!(
+        stalled.message.contains("demo-key-2"),
+        "{}",
+        stalled.message
+    );
+    assert_eq!(
+        kms_view(&h).await[0].connection_state,
+        ConnectionState::Connected
+    );
     assert_eq!(calls(&h, "DisconnectCustomKeyStore"), 0);
 }
 
@@ -501,9 +597,19 @@ async fn failed_reconnect_rolls_back_to_the_previous_endpoint() {
     assert!(message.contains(PRIMARY), "{message}");
     let store = &kms_view(&h).await[0];
     assert_eq!(store.connection_state, ConnectionState::Connected);
-    assert_eq!(store.proxy.as_ref().map(|p| p.uri_endpoint.as_str()), Some(PRIMARY));
+    assert_eq!(
+        store.proxy.as_ref().map(|p| p.uri_endpoint.as_str()),
+        Some(PRIMARY)
+    );
     // Not retried in a loop: the same target stays blocked.
-    let again = converge(&h, &res, credential(), &mut status, &mut Recorder::default()).await;
+    let again = converge(
+        &h,
+        &res,
+        credential(),
+        &mut status,
+        &mut Recorder::default(),
+    )
+    .await;
     assert_eq!(again, Outcome::Stalled);
 }
 
@@ -516,9 +622,15 @@ async fn deletion_honours_each_policy() {
         deleting: true,
         ..request(&res, credential())
     };
-    let outcome = settle(&h.engine, &request_retain, &mut retained, &mut Recorder::default(), Duration::from_secs(30))
-        .await
-        .expect("settles");
+    let outcome = settle(
+        &h.engine,
+        &request_retain,
+        &mut retained,
+        &mut Recorder::default(),
+        Duration::from_secs(30),
+    )
+    .await
+    .expect("settles");
     assert_eq!(outcome, Outcome::Released);
     assert_eq!(kms_view(&h).await.len(), 1, "Retain must keep the store");
 
@@ -529,11 +641,20 @@ async fn deletion_honours_each_policy() {
         deleting: true,
         ..request(&res_delete, credential())
     };
-    let outcome = settle(&h.engine, &request_delete, &mut deleted, &mut Recorder::default(), Duration::from_secs(30))
-        .await
-        .expect("settles");
+    let outcome = settle(
+        &h.engine,
+        &request_delete,
+        &mut deleted,
+        &mut Recorder::default(),
+        Duration::from_secs(30),
+    )
+    .await
+    .expect("settles");
     assert_eq!(outcome, Outcome::Released);
-    assert!(kms_view(&h).await.is_empty(), "Delete must delete the store");
+    assert!(
+        kms_view(&h).await.is_empty(),
+        "Delete must delete the store"
+    );
 }
 
 #[tokio::test]
@@ -555,13 +676,23 @@ async fn delete_refused_while_the_store_holds_keys_says_so() {
         deleting: true,
         ..request(&res, credential())
     };
-    let outcome = settle(&h.engine, &req, &mut status, &mut Recorder::default(), Duration::from_secs(30))
-        .await
-        .expect("settles");
+    let outcome = settle(
+        &h.engine,
+        &req,
+        &mut status,
+        &mut Recorder::default(),
+        Duration::from_secs(30),
+    )
+    .await
+    .expect("settles");
     assert_eq!(outcome, Outcome::Stalled);
     let stalled = conditions::get(&status, conditions::STALLED).expect("stalled");
     assert_eq!(stalled.reason, "StoreHasKeys");
-    assert!(stalled.message.contains("1 KMS keys"), "{}", stalled.message);
+    assert!(
+        stalled.message.contains("1 KMS keys"),
+        "{}",
+        stalled.message
+    );
 }
 
 /// Crash (the status write fails and the pass is abandoned) at every write
@@ -576,7 +707,10 @@ async fn crash_between_any_two_steps_of_an_endpoint_change_resumes() {
     let mut probe = Recorder::default();
     converge(&h, &res, credential(), &mut status, &mut probe).await;
     let total = probe.writes.len();
-    assert!(total >= 10, "expected a write per step transition, got {total}");
+    assert!(
+        total >= 10,
+        "expected a write per step transition, got {total}"
+    );
     h.emu.shutdown().await;
 
     for crash_at in 0..total {
@@ -598,12 +732,27 @@ async fn crash_between_any_two_steps_of_an_endpoint_change_resumes() {
             }
         }
         // A new process starts from what the API server holds.
-        let mut resumed = if sink.writes.is_empty() { base.clone() } else { sink.persisted() };
-        let outcome = converge(&h, &res, credential(), &mut resumed, &mut Recorder::default()).await;
+        let mut resumed = if sink.writes.is_empty() {
+            base.clone()
+        } else {
+            sink.persisted()
+        };
+        let outcome = converge(
+            &h,
+            &res,
+            credential(),
+            &mut resumed,
+            &mut Recorder::default(),
+        )
+        .await;
         assert_eq!(outcome, Outcome::InSync, "crash at write {crash_at}");
         let stores = kms_view(&h).await;
         assert_eq!(stores.len(), 1, "crash at write {crash_at}");
-        assert_eq!(stores[0].connection_state, ConnectionState::Connected, "crash at {crash_at}");
+        assert_eq!(
+            stores[0].connection_state,
+            ConnectionState::Connected,
+            "crash at {crash_at}"
+        );
         assert_eq!(
             stores[0].proxy.as_ref().map(|p| p.uri_endpoint.as_str()),
             Some(REPLICA),
@@ -624,9 +773,15 @@ async fn crash_after_create_call_adopts_instead_of_creating_twice() {
     let mut scratch = ExternalKeyStoreStatus::default();
     {
         let h2 = harness().await;
-        settle(&h2.engine, &request(&res, credential()), &mut scratch, &mut probe, Duration::from_secs(30))
-            .await
-            .expect("settles");
+        settle(
+            &h2.engine,
+            &request(&res, credential()),
+            &mut scratch,
+            &mut probe,
+            Duration::from_secs(30),
+        )
+        .await
+        .expect("settles");
         h2.emu.shutdown().await;
     }
     let create_running = probe
@@ -645,11 +800,21 @@ async fn crash_after_create_call_adopts_instead_of_creating_twice() {
         ..Recorder::default()
     };
     let mut status = ExternalKeyStoreStatus::default();
-    let _ = h.engine.reconcile(&request(&res, credential()), &mut status, &mut sink).await;
+    let _ = h
+        .engine
+        .reconcile(&request(&res, credential()), &mut status, &mut sink)
+        .await;
     assert_eq!(kms_view(&h).await.len(), 1, "the create call went through");
     let mut resumed = sink.persisted();
     assert!(resumed.key_store_id.is_none(), "the id was never recorded");
-    let outcome = converge(&h, &res, credential(), &mut resumed, &mut Recorder::default()).await;
+    let outcome = converge(
+        &h,
+        &res,
+        credential(),
+        &mut resumed,
+        &mut Recorder::default(),
+    )
+    .await;
     assert_eq!(outcome, Outcome::InSync);
     assert_eq!(kms_view(&h).await.len(), 1, "no second store");
     assert_eq!(calls(&h, "CreateCustomKeyStore"), 1);
@@ -678,7 +843,10 @@ async fn the_secret_never_appears_in_status_or_logs() {
     rotate_on_proxies(&h);
     let rotated = ProxyCredential::new(DEMO_ACCESS_KEY_ID, DEMO_ROTATED_SECRET);
     converge(&h, &res, rotated.clone(), &mut status, &mut sink).await;
-    let wrong = ProxyCredential::new(DEMO_ACCESS_KEY_ID, "wrongSecretAccessKeyThatTheProxyDoesNotKnow0000");
+    let wrong = ProxyCredential::new(
+        DEMO_ACCESS_KEY_ID,
+        "wrongSecretAccessKeyThatTheProxyDoesNotKnow0000",
+    );
     res.spec.proxy.uri_endpoint = REPLICA.into();
     converge(&h, &res, wrong, &mut status, &mut sink).await;
     res.metadata.generation = Some(2);
@@ -690,7 +858,11 @@ async fn the_secret_never_appears_in_status_or_logs() {
     }
     everything.push_str(&String::from_utf8_lossy(&logs.lock().expect("logs")));
     assert!(everything.len() > 1000, "nothing captured");
-    for secret in [DEMO_SECRET, DEMO_ROTATED_SECRET, "wrongSecretAccessKeyThatTheProxyDoesNotKnow0000"] {
+    for secret in [
+        DEMO_SECRET,
+        DEMO_ROTATED_SECRET,
+        "wrongSecretAccessKeyThatTheProxyDoesNotKnow0000",
+    ] {
         assert!(!everything.contains(secret), "secret leaked");
     }
 }

@@ -35,7 +35,10 @@ fn committed_crd_is_the_generated_one() {
 fn every_example_is_valid_and_has_its_secret() {
     let files = yaml_files("examples");
     let manifests = Manifests::load(&files).expect("examples parse");
-    assert!(manifests.stores.len() >= 4, "expected the documented examples");
+    assert!(
+        manifests.stores.len() >= 4,
+        "expected the documented examples"
+    );
     for store in &manifests.stores {
         let name = store.metadata.name.clone().unwrap_or_default();
         validate_resource(store, None).unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -46,7 +49,9 @@ fn every_example_is_valid_and_has_its_secret() {
         .iter()
         .find(|s| s.metadata.name.as_deref() == Some("payments"))
         .expect("payments example");
-    manifests.credential_for(public).expect("credential of the public example");
+    manifests
+        .credential_for(public)
+        .expect("credential of the public example");
 }
 
 #[test]
@@ -94,6 +99,9 @@ fn key_store_id_cannot_change_once_set() {
     let err = validate_resource(&new, Some(&old)).expect_err("immutable");
     assert!(err.contains("keyStoreId is immutable"), "{err}");
     new.spec.key_store_id = None;
-    assert!(validate_resource(&new, Some(&old)).is_err(), "unsetting is a change too");
+    assert!(
+        validate_resource(&new, Some(&old)).is_err(),
+        "unsetting is a change too"
+    );
     assert!(validate_resource(&old, Some(&old)).is_ok());
 }

@@ -18,15 +18,11 @@ use serde::{Deserialize, Serialize};
     namespaced,
     cel,
     status = "ExternalKeyStoreStatus",
-    printcolumn(
-        name = "Ready",
-        type_ = "string",
-        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
-    ),
-    printcolumn(name = "State", type_ = "string", json_path = ".status.connectionState"),
-    printcolumn(name = "KeyStoreId", type_ = "string", json_path = ".status.keyStoreId"),
-    printcolumn(name = "Endpoint", type_ = "string", json_path = ".spec.proxy.uriEndpoint"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"State","type":"string","jsonPath":".status.connectionState"}"#,
+    printcolumn = r#"{"name":"KeyStoreId","type":"string","jsonPath":".status.keyStoreId"}"#,
+    printcolumn = r#"{"name":"Endpoint","type":"string","jsonPath":".spec.proxy.uriEndpoint"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[x_kube(validation = Rule::new(
     "!has(oldSelf.keyStoreId) || (has(self.keyStoreId) && self.keyStoreId == oldSelf.keyStoreId)"

@@ -15,10 +15,12 @@ static VPC_SERVICE: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"^(com|eu)\.amazonaws\.vpce\.([a-z]+-){2,3}[0-9]+\.vpce-svc-[0-9a-z]+$")
         .expect("static regex")
 });
-static ACCOUNT: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^[0-9]{12}$").expect("static regex"));
+static ACCOUNT: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"^[0-9]{12}$").expect("static regex"));
 static REGION: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"^[a-z]{2}(-[a-z]+)+-[0-9]+$").expect("static regex"));
-static DURATION: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"^[0-9]+(s|m|h)$").expect("static regex"));
+static DURATION: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"^[0-9]+(s|m|h)$").expect("static regex"));
 
 fn check_len(field: &str, value: &str, min: usize, max: usize) -> Result<(), String> {
     let n = value.chars().count();
@@ -46,9 +48,7 @@ pub fn validate_spec(spec: &ExternalKeyStoreSpec) -> Result<(), String> {
     if let Some(interval) = &spec.drift_interval
         && !DURATION.is_match(interval)
     {
-        return Err(
-            "driftInterval must be a number followed by s, m or h, e.g. 5m".to_string(),
-        );
+        return Err("driftInterval must be a number followed by s, m or h, e.g. 5m".to_string());
     }
     let proxy = &spec.proxy;
     check_len("proxy.uriEndpoint", &proxy.uri_endpoint, 10, 128)?;
@@ -86,7 +86,9 @@ pub fn validate_spec(spec: &ExternalKeyStoreSpec) -> Result<(), String> {
             if let Some(owner) = &vpc.owner
                 && !ACCOUNT.is_match(owner)
             {
-                return Err("vpcEndpointService.owner must be a 12-digit AWS account id".to_string());
+                return Err(
+                    "vpcEndpointService.owner must be a 12-digit AWS account id".to_string()
+                );
             }
         }
         (ConnectivitySpec::PublicEndpoint, None) => {}

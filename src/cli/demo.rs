@@ -4,8 +4,8 @@
 //! reconnect), and shows bad changes being refused, then exits 0.
 
 use super::files::Manifests;
-use super::table::{self, LiveTable};
 use super::settle;
+use super::table::{self, LiveTable};
 use crate::api::{ExternalKeyStore, ExternalKeyStoreStatus, OperationPhase};
 use crate::emulator::xks_proxy::ProxyConfig;
 use crate::emulator::{self, EmulatorConfig};
@@ -38,7 +38,11 @@ pub async fn run() -> anyhow::Result<()> {
         .await
         .context("starting the embedded emulator")?;
     println!("  emulator: KMS at {}", emu.kms_endpoint());
-    let region = store.spec.region.clone().unwrap_or_else(|| "us-east-1".into());
+    let region = store
+        .spec
+        .region
+        .clone()
+        .unwrap_or_else(|| "us-east-1".into());
     let kms = AwsKeyStores::for_endpoint(&emu.kms_endpoint(), &region);
     let client = kms.client().clone();
     // A third proxy that answers but serves none of the keys: switching to
@@ -71,11 +75,19 @@ pub async fn run() -> anyhow::Result<()> {
     );
     let mut status = ExternalKeyStoreStatus::default();
 
-    println!("\n1. kubectl apply -f examples/credentials-secret.yaml -f examples/public-endpoint.yaml");
+    println!(
+        "\n1. kubectl apply -f examples/credentials-secret.yaml -f examples/public-endpoint.yaml"
+    );
     let outcome = apply(&engine, &manifests, &store, &mut status).await?;
-    ensure!(outcome == Outcome::InSync, "the store did not become ready: {outcome:?}");
+    ensure!(
+        outcome == Outcome::InSync,
+        "the store did not become ready: {outcome:?}"
+    );
     summary(&status);
-    let id = status.key_store_id.clone().context("no key store id after create")?;
+    let id = status
+        .key_store_id
+        .clone()
+        .context("no key store id after create")?;
 
     let key = client
         .create_key()
@@ -92,11 +104,16 @@ pub async fn run() -> anyhow::Result<()> {
         .unwrap_or_default();
     println!("\n   a KMS key lives in the store now: {key_id} (external key demo-key-1)");
 
-    println!("\n2. Endpoint change: spec.proxy.uriEndpoint → {REPLICA} (a replica serving the same keys)");
+    println!(
+        "\n2. Endpoint change: spec.proxy.uriEndpoint → {REPLICA} (a replica serving the same keys)"
+    );
     store.spec.proxy.uri_endpoint = REPLICA.into();
     store.metadata.generation = Some(2);
     let outcome = apply(&engine, &manifests, &store, &mut status).await?;
-    ensure!(outcome == Outcome::InSync, "the endpoint change did not converge: {outcome:?}");
+    ensure!(
+        outcome == Outcome::InSync,
+        "the endpoint change did not converge: {outcome:?}"
+    );
     summary(&status);
     let at = status.proxy.as_ref().map(|p| p.uri_endpoint.as_str());
     ensure!(
@@ -119,9 +136,15 @@ pub async fn run() -> anyhow::Result<()> {
         "   uriEndpoint → https://{FRESH_HOST} (a healthy proxy, but for another key manager: it lacks demo-key-1):"
     );
     let outcome = apply(&engine, &manifests, &stranded, &mut status).await?;
-    ensure!(outcome == Outcome::Stalled, "expected the change to be refused, got {outcome:?}");
+    ensure!(
+        outcome == Outcome::Stalled,
+        "expected the change to be refused, got {outcome:?}"
+    );
     let phase = status.operation.as_ref().map(|o| o.phase);
-    ensure!(phase == Some(OperationPhase::Failed), "expected a failed operation, got {phase:?}");
+    ensure!(
+        phase == Some(OperationPhase::Failed),
+        "expected a failed operation, got {phase:?}"
+    );
     summary(&status);
     let still = crate::engine::observe(&engine.kms, &store, &status)
         .await?
@@ -137,7 +160,9 @@ pub async fn run() -> anyhow::Result<()> {
     );
 
     emu.shutdown().await;
-    println!("\ndemo finished: created, connected, rotated the endpoint with a health-checked switch, refused bad changes.");
+    println!(
+        "\ndemo finished: created, connected, rotated the endpoint with a health-checked switch, refused bad changes."
+    );
     Ok(())
 }
 
@@ -172,7 +197,10 @@ fn summary(status: &ExternalKeyStoreStatus) {
         "   status: keyStoreId={} state={} endpoint={} Ready={} ({})",
         status.key_store_id.as_deref().unwrap_or("-"),
         status.connection_state.as_deref().unwrap_or("-"),
-        status.proxy.as_ref().map_or("-", |p| p.uri_endpoint.as_str()),
+        status
+            .proxy
+            .as_ref()
+            .map_or("-", |p| p.uri_endpoint.as_str()),
         ready.map_or("-", |c| c.status.as_str()),
         ready.map_or("", |c| c.message.as_str()),
     );

@@ -41,9 +41,12 @@ impl Manifests {
             let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or("");
             match kind {
                 "ExternalKeyStore" => {
-                    let mut store: ExternalKeyStore = serde_yaml::from_value(value)
-                        .context("not a valid ExternalKeyStore")?;
-                    store.metadata.namespace.get_or_insert_with(|| "default".into());
+                    let mut store: ExternalKeyStore =
+                        serde_yaml::from_value(value).context("not a valid ExternalKeyStore")?;
+                    store
+                        .metadata
+                        .namespace
+                        .get_or_insert_with(|| "default".into());
                     store.metadata.generation.get_or_insert(1);
                     self.stores.push(store);
                 }
@@ -51,7 +54,10 @@ impl Manifests {
                     // Deserialize without echoing values into any error.
                     let mut secret: Secret = serde_yaml::from_value(value)
                         .map_err(|_| anyhow::anyhow!("a Secret manifest is malformed"))?;
-                    secret.metadata.namespace.get_or_insert_with(|| "default".into());
+                    secret
+                        .metadata
+                        .namespace
+                        .get_or_insert_with(|| "default".into());
                     self.secrets.push(secret);
                 }
                 _ => {}
@@ -74,7 +80,9 @@ impl Manifests {
                 s.metadata.name.as_deref() == Some(reference.name.as_str())
                     && s.metadata.namespace.as_deref() == Some(namespace)
             })
-            .ok_or_else(|| CredentialError::SecretNotFound(format!("{namespace}/{}", reference.name)))?;
+            .ok_or_else(|| {
+                CredentialError::SecretNotFound(format!("{namespace}/{}", reference.name))
+            })?;
         credentials::from_secret(secret, reference)
     }
 }
@@ -89,11 +97,7 @@ fn yaml_files(path: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(path)
         .with_context(|| format!("listing {}", path.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.is_file()
-                && p.extension()
-                    .is_some_and(|e| e == "yaml" || e == "yml")
-        })
+        .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
         .collect();
     files.sort();
     Ok(files)

@@ -82,7 +82,10 @@ pub async fn plan_command(
     let options = EngineOptions::default();
     for store in &manifests.stores {
         let name = store.metadata.name.clone().unwrap_or_default();
-        println!("ExternalKeyStore {}/{name}:", store.metadata.namespace.as_deref().unwrap_or("default"));
+        println!(
+            "ExternalKeyStore {}/{name}:",
+            store.metadata.namespace.as_deref().unwrap_or("default")
+        );
         if let Err(problem) = crate::api::validate::validate_resource(store, None) {
             println!("  INVALID: {problem}\n");
             invalid_any = true;
@@ -178,12 +181,17 @@ pub async fn reconcile_command(
     for store in &manifests.stores {
         let region = target.region_for(store);
         let kms = target.key_stores(&region).await;
-        let engine = Engine::new(kms, target.probe()?, region, EngineOptions {
-            poll_interval: Duration::from_millis(500),
-            backoff_base: Duration::from_millis(500),
-            backoff_max: Duration::from_secs(10),
-            ..EngineOptions::default()
-        });
+        let engine = Engine::new(
+            kms,
+            target.probe()?,
+            region,
+            EngineOptions {
+                poll_interval: Duration::from_millis(500),
+                backoff_base: Duration::from_millis(500),
+                backoff_max: Duration::from_secs(10),
+                ..EngineOptions::default()
+            },
+        );
         let name = store.metadata.name.clone().unwrap_or_default();
         eprintln!("reconciling {name}:");
         let mut sink = table::LiveTable::new(name, false);
@@ -196,7 +204,10 @@ pub async fn reconcile_command(
             requested_at: None,
         };
         let outcome = settle(&engine, &request, &mut status, &mut sink, timeout).await?;
-        if !matches!(outcome, Outcome::InSync | Outcome::Released | Outcome::Observed) {
+        if !matches!(
+            outcome,
+            Outcome::InSync | Outcome::Released | Outcome::Observed
+        ) {
             code = 1;
         }
         let mut done = store.clone();

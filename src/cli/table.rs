@@ -65,7 +65,17 @@ pub fn render(op: &Operation) -> String {
         "  {:<3} {:<18} {:<10} {:<8} {}\n",
         "#", "STEP", "STATE", "ATTEMPTS", "MESSAGE"
     ));
-    for (i, Step { name, state, message, attempts, .. }) in op.steps.iter().enumerate() {
+    for (
+        i,
+        Step {
+            name,
+            state,
+            message,
+            attempts,
+            ..
+        },
+    ) in op.steps.iter().enumerate()
+    {
         out.push_str(&format!(
             "  {:<3} {:<18} {:<10} {:<8} {}\n",
             i + 1,

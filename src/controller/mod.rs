@@ -324,14 +324,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         settings,
     ));
 
-    let mut controller = Controller::new(stores_api, watcher::Config::default());
+    let mut controller = controller_for(stores_api, secrets_api, args.concurrency);
     let store = controller.store();
     metrics.set_store_source({
         let store = store.clone();
         Box::new(move || stores_by_state(&store))
     });
     tokio::spawn({
-        let store = store.clone();
         let readiness = readiness.clone();
         async move {
             if store.wait_until_ready().await.is_ok() {
@@ -341,10 +340,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     });
     controller = controller
-        .watches(secrets_api, watcher::Config::default(), move |secret| {
-            secrets::stores_using(&store, &secret)
-        })
-        .with_config(controller::Config::default().concurrency(args.concurrency))
         // SIGTERM lets running reconciles finish: a step between its KMS
         // call and its status write is never abandoned.
         .shutdown_on_signal();
@@ -386,6 +381,23 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The Controller on `stores`, also woken by changes of the Secrets in
+/// `secrets` that resources reference (a rotated credential is pushed to
+/// KMS without anyone touching the resource).
+pub fn controller_for(
+    stores: Api<ExternalKeyStore>,
+    secrets: Api<Secret>,
+    concurrency: u16,
+) -> Controller<ExternalKeyStore> {
+    let controller = Controller::new(stores, watcher::Config::default());
+    let store = controller.store();
+    controller
+        .watches(secrets, watcher::Config::default(), move |secret| {
+            secrets::stores_using(&store, &secret)
+        })
+        .with_config(controller::Config::default().concurrency(concurrency))
 }
 
 fn pod_namespace() -> anyhow::Result<String> {

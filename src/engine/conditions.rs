@@ -35,7 +35,15 @@ pub fn set(
         Summary::Waiting => ("False", "False", "False"),
     };
     upsert(status, READY, ready, reason, message, generation, now);
-    upsert(status, RECONCILING, reconciling, reason, message, generation, now);
+    upsert(
+        status,
+        RECONCILING,
+        reconciling,
+        reason,
+        message,
+        generation,
+        now,
+    );
     upsert(status, STALLED, stalled, reason, message, generation, now);
 }
 
@@ -98,7 +106,10 @@ mod tests {
         set(&mut s, Summary::Ready, "Connected", "ok", Some(1), "t3");
         assert!(is_true(&s, READY));
         assert!(!is_true(&s, RECONCILING));
-        assert_eq!(get(&s, RECONCILING).map(|c| c.last_transition_time.as_str()), Some("t3"));
+        assert_eq!(
+            get(&s, RECONCILING).map(|c| c.last_transition_time.as_str()),
+            Some("t3")
+        );
         assert_eq!(s.conditions.len(), 3);
     }
 }

@@ -65,10 +65,9 @@ pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now(&self) -> String {
-        jiff::Timestamp::now().round(jiff::Unit::Second).map_or_else(
-            |_| jiff::Timestamp::now().to_string(),
-            |t| t.to_string(),
-        )
+        jiff::Timestamp::now()
+            .round(jiff::Unit::Second)
+            .map_or_else(|_| jiff::Timestamp::now().to_string(), |t| t.to_string())
     }
 }
 
@@ -176,7 +175,10 @@ impl<K: KeyStores, P: ProxyProbe> Engine<K, P> {
             // A requested reconcile retries a change that ended Failed or
             // RolledBack: forget the target so the planner starts afresh.
             if let Some(op) = status.operation.as_mut()
-                && matches!(op.phase, OperationPhase::Failed | OperationPhase::RolledBack)
+                && matches!(
+                    op.phase,
+                    OperationPhase::Failed | OperationPhase::RolledBack
+                )
             {
                 op.target.clear();
             }
@@ -185,7 +187,13 @@ impl<K: KeyStores, P: ProxyProbe> Engine<K, P> {
 
         if let Err(problem) = crate::api::validate::validate_spec(&res.spec) {
             return self
-                .stall(status, sink, ErrorCategory::InvalidSpec, &problem, generation)
+                .stall(
+                    status,
+                    sink,
+                    ErrorCategory::InvalidSpec,
+                    &problem,
+                    generation,
+                )
                 .await;
         }
         let credential = match &req.credential {
@@ -238,7 +246,8 @@ impl<K: KeyStores, P: ProxyProbe> Engine<K, P> {
             }
             Decision::Start(new) => {
                 let observe_only = res.spec.management_policy == ManagementPolicy::ObserveOnly;
-                let op = self.new_operation(new, &desired, observed.as_ref(), generation, observe_only);
+                let op =
+                    self.new_operation(new, &desired, observed.as_ref(), generation, observe_only);
                 let planned = describe_steps(&op.steps);
                 status.operation = Some(op);
                 if observe_only {
@@ -351,7 +360,14 @@ impl<K: KeyStores, P: ProxyProbe> Engine<K, P> {
                 );
                 op.message = Some(message.clone());
                 let now = self.clock.now();
-                conditions::set(status, Summary::Waiting, "AwaitingApproval", &message, generation, &now);
+                conditions::set(
+                    status,
+                    Summary::Waiting,
+                    "AwaitingApproval",
+                    &message,
+                    generation,
+                    &now,
+                );
                 sink.write(status).await?;
                 return Ok(Outcome::AwaitingApproval);
             }
@@ -368,8 +384,18 @@ impl<K: KeyStores, P: ProxyProbe> Engine<K, P> {
                     sink.write(status).await?;
                 }
                 steps::StepResult::Wait(message) => {
-                    mark(status, index, StepState::Running, Some(message.clone()), &now);
-                    let trigger = status.operation.as_ref().map(|o| o.trigger.clone()).unwrap_or_default();
+                    mark(
+                        status,
+                        index,
+                        StepState::Running,
+                        Some(message.clone()),
+                        &now,
+                    );
+                    let trigger = status
+                        .operation
+                        .as_ref()
+                        .map(|o| o.trigger.clone())
+                        .unwrap_or_default();
                     conditions::set(
                         status,
                         Summary::Progressing,
@@ -382,8 +408,17 @@ impl<K: KeyStores, P: ProxyProbe> Engine<K, P> {
                     return Ok(Outcome::Requeue(self.options.poll_interval));
                 }
                 steps::StepResult::Retry(err) => {
-                    let attempts = status.operation.as_ref().map_or(1, |o| o.steps[index].attempts);
-                    mark(status, index, StepState::Running, Some(err.message.clone()), &now);
+                    let attempts = status
+                        .operation
+                        .as_ref()
+                        .map_or(1, |o| o.steps[index].attempts);
+                    mark(
+                        status,
+                        index,
+                        StepState::Running,
+                        Some(err.message.clone()),
+                        &now,
+                    );
                     conditions::set(
                         status,
                         Summary::Progressing,
@@ -396,7 +431,13 @@ impl<K: KeyStores, P: ProxyProbe> Engine<K, P> {
                     return Ok(Outcome::Requeue(self.backoff(attempts)));
                 }
                 steps::StepResult::Fail(err) => {
-                    mark(status, index, StepState::Failed, Some(err.message.clone()), &now);
+                    mark(
+                        status,
+                        index,
+                        StepState::Failed,
+                        Some(err.message.clone()),
+                        &now,
+                    );
                     if self.start_rollback(req, status, step_name, &err) {
                         sink.write(status).await?;
                         continue;
@@ -417,7 +458,14 @@ impl<K: KeyStores, P: ProxyProbe> Engine<K, P> {
                         format!("{step_name:?} failed: {}", err.message)
                     };
                     op.message = Some(message.clone());
-                    conditions::set(status, Summary::Stalled, err.category.reason(), &message, generation, &now);
+                    conditions::set(
+                        status,
+                        Summary::Stalled,
+                        err.category.reason(),
+                        &message,
+                        generation,
+                        &now,
+                    );
                     sink.write(status).await?;
                     return Ok(Outcome::Stalled);
                 }
@@ -500,7 +548,14 @@ impl<K: KeyStores, P: ProxyProbe> Engine<K, P> {
                 op.message.clone().unwrap_or_default()
             );
             op.message = Some(message.clone());
-            conditions::set(status, Summary::Stalled, "RolledBack", &message, generation, &now);
+            conditions::set(
+                status,
+                Summary::Stalled,
+                "RolledBack",
+                &message,
+                generation,
+                &now,
+            );
             sink.write(status).await?;
             return Ok(Outcome::Stalled);
         }
@@ -526,7 +581,14 @@ impl<K: KeyStores, P: ProxyProbe> Engine<K, P> {
     ) -> Result<Outcome, EngineError> {
         status.observed_generation = generation;
         let now = self.clock.now();
-        conditions::set(status, Summary::Stalled, category.reason(), message, generation, &now);
+        conditions::set(
+            status,
+            Summary::Stalled,
+            category.reason(),
+            message,
+            generation,
+            &now,
+        );
         sink.write(status).await?;
         Ok(Outcome::Stalled)
     }
@@ -541,7 +603,13 @@ impl<K: KeyStores, P: ProxyProbe> Engine<K, P> {
         let category = err.category();
         if !category.is_retryable() {
             return self
-                .stall(status, sink, category, &format!("describing the store: {err}"), generation)
+                .stall(
+                    status,
+                    sink,
+                    category,
+                    &format!("describing the store: {err}"),
+                    generation,
+                )
                 .await;
         }
         let now = self.clock.now();
@@ -622,13 +690,20 @@ fn mark(
     message: Option<String>,
     now: &str,
 ) {
-    if let Some(step) = status.operation.as_mut().and_then(|o| o.steps.get_mut(index)) {
+    if let Some(step) = status
+        .operation
+        .as_mut()
+        .and_then(|o| o.steps.get_mut(index))
+    {
         step.state = state;
         step.message = message;
         if step.started_at.is_none() {
             step.started_at = Some(now.to_string());
         }
-        if matches!(state, StepState::Succeeded | StepState::Failed | StepState::Skipped) {
+        if matches!(
+            state,
+            StepState::Succeeded | StepState::Failed | StepState::Skipped
+        ) {
             step.finished_at = Some(now.to_string());
         }
     }
@@ -652,7 +727,10 @@ pub(crate) fn observed_proxy(p: &ProxyConfig) -> ObservedProxy {
     }
 }
 
-pub(crate) fn record_observation(status: &mut ExternalKeyStoreStatus, observed: Option<&ObservedStore>) {
+pub(crate) fn record_observation(
+    status: &mut ExternalKeyStoreStatus,
+    observed: Option<&ObservedStore>,
+) {
     match observed {
         Some(s) => {
             status.key_store_id = Some(s.id.clone());
@@ -674,7 +752,10 @@ fn in_sync_words(observed: Option<&ObservedStore>) -> (&'static str, String) {
         Some(s) => match s.connection_state {
             crate::model::ConnectionState::Connected => (
                 "Connected",
-                format!("store {} is CONNECTED with the declared configuration", s.id),
+                format!(
+                    "store {} is CONNECTED with the declared configuration",
+                    s.id
+                ),
             ),
             _ => (
                 "Disconnected",

@@ -33,7 +33,9 @@ pub fn connection_error_advice(code: &str) -> &'static str {
         "NETWORK_ERRORS" => {
             "network errors between KMS and the proxy: check the proxy's network path; the store is retried"
         }
-        "INTERNAL_ERROR" => "KMS reported an internal error: the operator retries; contact AWS support if it persists",
+        "INTERNAL_ERROR" => {
+            "KMS reported an internal error: the operator retries; contact AWS support if it persists"
+        }
         _ => "see the AWS KMS documentation for this connection error code",
     }
 }

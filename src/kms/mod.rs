@@ -56,9 +56,9 @@ impl KmsError {
         match code.as_str() {
             "ThrottlingException" => ErrorCategory::Throttled,
             "LimitExceededException" => ErrorCategory::LimitExceeded,
-            "KMSInternalException" | "DependencyTimeoutException" | "ServiceUnavailableException" => {
-                ErrorCategory::Transient
-            }
+            "KMSInternalException"
+            | "DependencyTimeoutException"
+            | "ServiceUnavailableException" => ErrorCategory::Transient,
             "CustomKeyStoreInvalidStateException" | "KMSInvalidStateException" => {
                 ErrorCategory::InvalidState
             }
