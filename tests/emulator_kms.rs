@@ -1953,3 +1953,172 @@ async fn secrets_never_appear_in_logs() {
         assert!(!text.contains(secret), "a secret reached the logs");
     }
 }
+
+#[tokio::test]
+async fn key_spec_usage_region_and_cancel_deletion() {
+    let (emu, client) = start(test_config()).await;
+    let id = public_store(&client, "ks")
+        .send()
+        .await
+        .unwrap()
+        .custom_key_store_id
+        .unwrap();
+    connect(&client, &id).await;
+    let create = || {
+        client
+            .create_key()
+            .origin(OriginType::ExternalKeyStore)
+            .custom_key_store_id(&id)
+            .xks_key_id("key-1")
+    };
+    let r = create()
+        .key_spec(aws_sdk_kms::types::KeySpec::Rsa2048)
+        .send()
+        .await;
+    assert_eq!(code(r), "UnsupportedOperationException");
+    let r = create()
+        .key_usage(aws_sdk_kms::types::KeyUsageType::SignVerify)
+        .send()
+        .await;
+    assert_eq!(code(r), "UnsupportedOperationException");
+    let r = create().multi_region(true).send().await;
+    assert_eq!(code(r), "UnsupportedOperationException");
+    // An AWS_KMS key cannot name a custom key store.
+    let r = client.create_key().custom_key_store_id(&id).send().await;
+    assert_eq!(code(r), "ValidationException");
+    let key = create().send().await.unwrap().key_metadata.unwrap();
+    let r = client
+        .cancel_key_deletion()
+        .key_id(key.key_id())
+        .send()
+        .await;
+    assert_eq!(code(r), "KMSInvalidStateException");
+    client
+        .schedule_key_deletion()
+        .key_id(key.key_id())
+        .send()
+        .await
+        .unwrap();
+    let d = client
+        .describe_key()
+        .key_id(key.key_id())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        d.key_metadata().unwrap().pending_deletion_window_in_days(),
+        Some(30)
+    );
+    client
+        .cancel_key_deletion()
+        .key_id(key.key_id())
+        .send()
+        .await
+        .unwrap();
+    let d = client
+        .describe_key()
+        .key_id(key.key_id())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        d.key_metadata().unwrap().key_state(),
+        Some(&KeyState::Disabled)
+    );
+    emu.shutdown().await;
+}
+
+#[tokio::test]
+async fn vpc_owner_must_match_and_public_endpoint_cannot_take_a_vpc_name() {
+    let mut config = test_config();
+    config.vpc_endpoint_services[0].owner = Some("444455556666".into());
+    let (emu, client) = start(config).await;
+    let id = vpc_store(&client, "own", &format!("https://{VPC_DNS}"), VPC_SERVICE)
+        .xks_proxy_vpc_endpoint_service_owner("111122223333")
+        .send()
+        .await
+        .unwrap()
+        .custom_key_store_id
+        .unwrap();
+    let entry = connect(&client, &id).await;
+    assert_eq!(
+        entry.connection_error_code().map(|c| c.as_str()),
+        Some("XKS_VPC_ENDPOINT_SERVICE_NOT_FOUND")
+    );
+    disconnect(&client, &id).await;
+    client
+        .update_custom_key_store()
+        .custom_key_store_id(&id)
+        .xks_proxy_vpc_endpoint_service_owner("444455556666")
+        .send()
+        .await
+        .unwrap();
+    let entry = connect(&client, &id).await;
+    assert_eq!(
+        entry.connection_state(),
+        Some(&ConnectionStateType::Connected)
+    );
+    // A public store cannot use a VPC store's private DNS name, even under another path.
+    let r = public_store(&client, "pub")
+        .xks_proxy_uri_endpoint(format!("https://{VPC_DNS}"))
+        .xks_proxy_uri_path("/kms/xks/v1")
+        .send()
+        .await;
+    assert_eq!(code(r), "XksProxyUriEndpointInUseException");
+    // Emptying the service name of a VPC store is refused.
+    disconnect(&client, &id).await;
+    let r = client
+        .update_custom_key_store()
+        .custom_key_store_id(&id)
+        .xks_proxy_vpc_endpoint_service_name("")
+        .send()
+        .await;
+    assert_eq!(code(r), "ValidationException");
+    emu.shutdown().await;
+}
+
+#[tokio::test]
+async fn probabilistic_faults_at_certainty() {
+    let (emu, client) = start(test_config()).await;
+    let ctl = emu.control();
+    let set = |f: OperationFaults| ctl.set_operation_faults("ListKeys", Some(f));
+    set(OperationFaults {
+        throttle_rate: 1.0,
+        ..Default::default()
+    });
+    assert_eq!(code(client.list_keys().send().await), "ThrottlingException");
+    set(OperationFaults {
+        internal_error_rate: 1.0,
+        ..Default::default()
+    });
+    assert_eq!(
+        code(client.list_keys().send().await),
+        "KMSInternalException"
+    );
+    set(OperationFaults {
+        drop_rate: 1.0,
+        ..Default::default()
+    });
+    assert!(
+        client
+            .list_keys()
+            .send()
+            .await
+            .unwrap_err()
+            .as_service_error()
+            .is_none()
+    );
+    ctl.set_operation_faults("ListKeys", None);
+    client.list_keys().send().await.unwrap();
+    let stats = &ctl.operation_stats()["ListKeys"];
+    assert_eq!(
+        (
+            stats.requests,
+            stats.throttled,
+            stats.internal_errors,
+            stats.dropped
+        ),
+        (4, 1, 1, 1)
+    );
+    emu.shutdown().await;
+}
