@@ -1777,7 +1777,7 @@ async fn control_endpoint_over_http() {
         Some("XKS_PROXY_NOT_REACHABLE")
     );
     let r = put(
-        &format!("/proxies/nowhere.example.com/key-managers/ekm-1"),
+        "/proxies/nowhere.example.com/key-managers/ekm-1",
         json!({"health": "ACTIVE"}),
     )
     .await
@@ -1857,9 +1857,11 @@ async fn unknown_operations_and_error_shape() {
 
 #[tokio::test]
 async fn demo_config_primary_and_replica() {
-    let mut config = EmulatorConfig::default();
-    config.connect_delay_ms = 30;
-    config.disconnect_delay_ms = 30;
+    let config = EmulatorConfig {
+        connect_delay_ms: 30,
+        disconnect_delay_ms: 30,
+        ..EmulatorConfig::default()
+    };
     let (emu, client) = start(config).await;
     let resolve = emu.proxy_resolve_map();
     assert_eq!(resolve.get(DEMO_PRIMARY_HOST), Some(&emu.kms_endpoint()));
