@@ -2124,3 +2124,63 @@ async fn probabilistic_faults_at_certainty() {
     );
     emu.shutdown().await;
 }
+
+/// `xks-operator emulator --config <the example of docs/emulator.md>`, as
+/// an outside conformance suite runs it; SIGTERM stops it cleanly.
+#[tokio::test]
+async fn cli_serves_the_documented_config_and_stops_on_sigterm() {
+    use std::io::BufRead;
+    let doc = include_str!("../docs/emulator.md");
+    let yaml = doc
+        .split("## Configuration file")
+        .nth(1)
+        .and_then(|s| s.split("```yaml\n").nth(1))
+        .and_then(|s| s.split("```").next())
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("emulator.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_xks-operator"))
+        .args(["emulator", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&path)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    out.read_line(&mut first).unwrap();
+    let endpoint = first
+        .trim()
+        .rsplit(' ')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    assert!(endpoint.starts_with("http://127.0.0.1:"), "{first}");
+    let client = client(&endpoint);
+    let id = client
+        .create_custom_key_store()
+        .custom_key_store_name("cli")
+        .custom_key_store_type(CustomKeyStoreType::ExternalKeyStore)
+        .xks_proxy_connectivity(XksProxyConnectivityType::PublicEndpoint)
+        .xks_proxy_uri_endpoint(format!("https://{DEMO_PRIMARY_HOST}"))
+        .xks_proxy_uri_path(DEMO_URI_PATH)
+        .xks_proxy_authentication_credential(cred(DEMO_ACCESS_KEY_ID, DEMO_SECRET))
+        .send()
+        .await
+        .unwrap()
+        .custom_key_store_id
+        .unwrap();
+    assert_eq!(
+        state_of(&client, &id).await,
+        ConnectionStateType::Disconnected
+    );
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = child.wait().unwrap();
+    drop(out);
+    assert!(exit.success(), "{exit:?}");
+}

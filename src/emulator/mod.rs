@@ -14,6 +14,7 @@ pub mod proxy_client;
 pub mod xks_proxy;
 
 use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -187,34 +188,36 @@ pub async fn run_cli(listen: SocketAddr, config: Option<PathBuf>) -> anyhow::Res
         Some(path) => EmulatorConfig::from_yaml_file(&path)?,
         None => EmulatorConfig::default(),
     };
+    // Handlers first, so a SIGTERM right after the banner stops us cleanly.
+    let stop = stop_signal()?;
     let running = start(config, listen).await?;
-    println!("KMS emulator listening on {}", running.kms_endpoint());
+    // A closed stdout (a supervisor that read the banner and went away)
+    // must not stop the emulator: write errors are ignored.
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "KMS emulator listening on {}", running.kms_endpoint());
     for (host, url) in running.proxy_resolve_map() {
-        println!("  XKS proxy https://{host} -> {url}");
+        let _ = writeln!(out, "  XKS proxy https://{host} -> {url}");
     }
-    wait_for_signal().await;
+    let _ = out.flush();
+    drop(out);
+    stop.await;
     running.shutdown().await;
     Ok(())
 }
 
-async fn wait_for_signal() {
+/// Resolves on Ctrl-C or (on Unix) SIGTERM; the handlers are installed now.
+fn stop_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    let ctrl_c = tokio::signal::ctrl_c();
+    Ok(async move {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+    })
 }
