@@ -5,6 +5,8 @@
 //! make. The fake API server keeps the object, so a test can run several
 //! passes the way the controller would.
 
+use axum::body::{Body as ResponseBody, Bytes};
+use futures::channel::mpsc;
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use kube::client::Body;
@@ -33,6 +35,9 @@ const STATUS_PATH: &str =
     "/apis/xks-operator.io/v1alpha1/namespaces/default/externalkeystores/payments/status";
 const SECRET_PATH: &str = "/api/v1/namespaces/default/secrets/xks-proxy-credential";
 const EVENTS_PATH: &str = "/apis/events.k8s.io/v1/namespaces/default/events";
+/// The cluster-wide list/watch paths the Controller uses.
+const STORES_PATH: &str = "/apis/xks-operator.io/v1alpha1/externalkeystores";
+const SECRETS_PATH: &str = "/api/v1/secrets";
 
 // ---------------------------------------------------------------- fake KMS
 
@@ -247,6 +252,8 @@ impl Call {
     }
 }
 
+type WatchSender = mpsc::UnboundedSender<Result<Bytes, std::io::Error>>;
+
 #[derive(Default)]
 struct ApiState {
     /// None once deleted (the last finalizer went away while deleting).
@@ -254,6 +261,19 @@ struct ApiState {
     secret: Option<Value>,
     calls: Vec<Call>,
     resource_version: u64,
+    /// Open watches, fed with the changes this fake makes.
+    store_watch: Option<WatchSender>,
+    secret_watch: Option<WatchSender>,
+}
+
+impl ApiState {
+    fn notify(watch: &Option<WatchSender>, type_: &str, object: &Value) {
+        if let Some(tx) = watch {
+            let mut line = serde_json::to_vec(&json!({"type": type_, "object": object})).unwrap();
+            line.push(b'\n');
+            let _ = tx.unbounded_send(Ok(Bytes::from(line)));
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -271,7 +291,8 @@ impl ApiServer {
             resource_version: 100,
             ..ApiState::default()
         })));
-        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let (service, mut handle) =
+            tower_test::mock::pair::<Request<Body>, Response<ResponseBody>>();
         let task = tokio::spawn({
             let server = server.clone();
             async move {
@@ -284,7 +305,7 @@ impl ApiServer {
         (server, kube::Client::new(service, NS), task)
     }
 
-    async fn answer(&self, request: Request<Body>) -> Response<Body> {
+    async fn answer(&self, request: Request<Body>) -> Response<ResponseBody> {
         let (parts, body) = request.into_parts();
         let bytes = body
             .collect()
@@ -306,7 +327,38 @@ impl ApiServer {
         };
         let mut state = self.0.lock().unwrap();
         state.calls.push(call.clone());
+        let watching = call.query.split('&').any(|q| q == "watch=true");
         let (status, payload) = match (call.method.as_str(), call.path.as_str()) {
+            ("GET", STORES_PATH | SECRETS_PATH) if watching => {
+                let (tx, rx) = mpsc::unbounded();
+                if call.path == STORES_PATH {
+                    state.store_watch = Some(tx);
+                } else {
+                    state.secret_watch = Some(tx);
+                }
+                return Response::builder()
+                    .header(http::header::CONTENT_TYPE, "application/json")
+                    .body(ResponseBody::from_stream(rx))
+                    .unwrap();
+            }
+            ("GET", STORES_PATH) => {
+                let items: Vec<Value> = state.object.iter().cloned().collect();
+                let rv = state.resource_version.to_string();
+                (
+                    StatusCode::OK,
+                    json!({"apiVersion": "xks-operator.io/v1alpha1", "kind": "ExternalKeyStoreList",
+                                        "metadata": {"resourceVersion": rv}, "items": items}),
+                )
+            }
+            ("GET", SECRETS_PATH) => {
+                let items: Vec<Value> = state.secret.iter().cloned().collect();
+                let rv = state.resource_version.to_string();
+                (
+                    StatusCode::OK,
+                    json!({"apiVersion": "v1", "kind": "SecretList",
+                                        "metadata": {"resourceVersion": rv}, "items": items}),
+                )
+            }
             ("GET", SECRET_PATH) => match &state.secret {
                 Some(s) => (StatusCode::OK, s.clone()),
                 None => not_found("secrets", "xks-proxy-credential"),
@@ -318,7 +370,9 @@ impl ApiServer {
                     Some(obj) => {
                         obj["status"] = body["status"].clone();
                         obj["metadata"]["resourceVersion"] = rv.into();
-                        (StatusCode::OK, obj.clone())
+                        let updated = obj.clone();
+                        ApiState::notify(&state.store_watch, "MODIFIED", &updated);
+                        (StatusCode::OK, updated)
                     }
                     None => not_found("externalkeystores", NAME),
                 }
@@ -347,6 +401,9 @@ impl ApiServer {
                             .is_none_or(|f| f.is_empty());
                     if released {
                         state.object = None;
+                        ApiState::notify(&state.store_watch, "DELETED", &updated);
+                    } else {
+                        ApiState::notify(&state.store_watch, "MODIFIED", &updated);
                     }
                     (StatusCode::OK, updated)
                 }
@@ -373,13 +430,29 @@ impl ApiServer {
     fn clear_calls(&self) {
         self.0.lock().unwrap().calls.clear();
     }
+
+    /// Someone rotates the credential: the Secret changes, the resource not.
+    fn rotate_secret(&self, new_secret: &str) {
+        use base64::Engine;
+        let mut state = self.0.lock().unwrap();
+        state.resource_version += 1;
+        let rv = state.resource_version.to_string();
+        if let Some(secret) = state.secret.as_mut() {
+            secret["data"]["secretAccessKey"] = base64::engine::general_purpose::STANDARD
+                .encode(new_secret)
+                .into();
+            secret["metadata"]["resourceVersion"] = rv.into();
+            let updated = secret.clone();
+            ApiState::notify(&state.secret_watch, "MODIFIED", &updated);
+        }
+    }
 }
 
-fn respond_with(status: StatusCode, body: Value) -> Response<Body> {
+fn respond_with(status: StatusCode, body: Value) -> Response<ResponseBody> {
     Response::builder()
         .status(status)
         .header(http::header::CONTENT_TYPE, "application/json")
-        .body(Body::from(serde_json::to_vec(&body).unwrap()))
+        .body(ResponseBody::from(serde_json::to_vec(&body).unwrap()))
         .unwrap()
 }
 
@@ -863,4 +936,69 @@ fn set_annotation(api: &ApiServer, key: &str, value: &str) {
     if let Some(obj) = state.object.as_mut() {
         obj["metadata"]["annotations"][key] = value.into();
     }
+}
+
+async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !done() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_controller_pushes_a_rotated_secret_without_a_change_of_the_resource() {
+    use futures::StreamExt;
+    use k8s_openapi::api::core::v1::Secret;
+    use kube::Api;
+    use xks_operator::controller::{controller_for, error_policy};
+
+    let h = Harness::new(resource(json!({}), json!({}), None), FakeKms::default());
+    let client = h.ctx.client.clone();
+    let controller = controller_for(
+        Api::<ExternalKeyStore>::all(client.clone()),
+        Api::<Secret>::all(client),
+        2,
+    );
+    let running = tokio::spawn(
+        controller
+            .run(reconcile, error_policy, h.ctx.clone())
+            .for_each(|_| async {}),
+    );
+
+    let ready = |h: &Harness| {
+        h.api.object().and_then(|o| o.status).is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+        })
+    };
+    wait_until("the store is created, connected and Ready", || ready(&h)).await;
+    let fingerprint = h
+        .api
+        .object()
+        .and_then(|o| o.status)
+        .and_then(|s| s.credential_fingerprint);
+    assert!(!h.kms.calls().contains(&"UpdateCustomKeyStore".to_string()));
+
+    h.api
+        .rotate_secret("rotatedSecretAccessKeyForTheXksProxyPrimary9876543210");
+    wait_until("the rotated credential reaches KMS", || {
+        h.kms.calls().contains(&"UpdateCustomKeyStore".to_string())
+    })
+    .await;
+    wait_until("status records the new credential", || {
+        h.api
+            .object()
+            .and_then(|o| o.status)
+            .and_then(|s| s.credential_fingerprint)
+            != fingerprint
+    })
+    .await;
+    wait_until("Ready again", || ready(&h)).await;
+    running.abort();
+    h.assert_secret_never_sent();
 }

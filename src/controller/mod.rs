@@ -298,8 +298,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
+    let any_resource;
     tokio::select! {
-        () = wait_for_crd(&stores_api) => {}
+        any = wait_for_crd(&stores_api) => any_resource = any,
         () = shutdown_signal() => {
             tracing::info!("stopping before the ExternalKeyStore CRD appeared");
             let _ = stop_http.send(());
@@ -326,19 +327,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let mut controller = controller_for(stores_api, secrets_api, args.concurrency);
     let store = controller.store();
-    metrics.set_store_source({
-        let store = store.clone();
-        Box::new(move || stores_by_state(&store))
-    });
-    tokio::spawn({
-        let readiness = readiness.clone();
-        async move {
-            if store.wait_until_ready().await.is_ok() {
-                tracing::info!(resources = store.len(), "ExternalKeyStore watcher synced");
-                readiness.set_synced(true);
-            }
-        }
-    });
+    metrics.set_store_source(Box::new(move || stores_by_state(&store)));
+    // Readiness is not taken from `store.wait_until_ready()`: that future
+    // wakes only its latest poller, and the controller's own runner waits on
+    // it too, so a second waiter could miss (or steal) the wake-up. The
+    // runner reconciles only once the store has synced, so its first result
+    // proves the sync; with no resource at all there is nothing to sync.
+    if !any_resource {
+        tracing::info!("no ExternalKeyStore yet: ready");
+        readiness.set_synced(true);
+    }
     controller = controller
         // SIGTERM lets running reconciles finish: a step between its KMS
         // call and its status write is never abandoned.
@@ -353,12 +351,20 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     );
     controller
         .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            match result {
-                Ok((obj, _)) => tracing::trace!(name = %obj.name, "reconciled"),
-                // error_policy already logged it.
-                Err(controller::Error::ReconcilerFailed(..)) => {}
-                Err(e) => tracing::warn!(error = %e, "controller"),
+        .for_each(|result| {
+            if matches!(result, Ok(_) | Err(controller::Error::ReconcilerFailed(..)))
+                && !readiness.is_ready()
+            {
+                tracing::info!("ExternalKeyStore watcher synced: ready");
+                readiness.set_synced(true);
+            }
+            async move {
+                match result {
+                    Ok((obj, _)) => tracing::trace!(name = %obj.name, "reconciled"),
+                    // error_policy already logged it.
+                    Err(controller::Error::ReconcilerFailed(..)) => {}
+                    Err(e) => tracing::warn!(error = %e, "controller"),
+                }
             }
         })
         .await;
@@ -412,12 +418,13 @@ fn pod_namespace() -> anyhow::Result<String> {
 }
 
 /// Until the ExternalKeyStore API answers: while the CRD is missing, say
-/// so every few seconds instead of crash-looping.
-async fn wait_for_crd(api: &Api<ExternalKeyStore>) {
+/// so every few seconds instead of crash-looping. Returns whether any
+/// resource exists.
+async fn wait_for_crd(api: &Api<ExternalKeyStore>) -> bool {
     let mut delay = Duration::from_secs(2);
     loop {
         match api.list_metadata(&ListParams::default().limit(1)).await {
-            Ok(_) => return,
+            Ok(list) => return !list.items.is_empty(),
             Err(e) => {
                 tracing::warn!(
                     error = %e,
