@@ -24,6 +24,7 @@ use anyhow::Context;
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::{Method, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -125,9 +126,14 @@ pub async fn start(config: EmulatorConfig, listen: SocketAddr) -> anyhow::Result
         caller,
     ));
     let control = Arc::new(EmulatorControl::new(kms, fleet, resolve, self_url, config));
+    // Proxy hosts first (whatever the path), then control, then KMS.
     let app = Router::new()
         .nest("/_emulator", control::router())
-        .fallback(serve)
+        .fallback(serve_kms)
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&control),
+            serve_proxies,
+        ))
         .with_state(Arc::clone(&control));
     let (stop, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(async move {
@@ -150,8 +156,12 @@ pub async fn start(config: EmulatorConfig, listen: SocketAddr) -> anyhow::Result
     })
 }
 
-/// Proxy requests by Host header, else the KMS API.
-async fn serve(State(control): State<Arc<EmulatorControl>>, req: Request) -> Response {
+/// Requests whose Host header names an emulated proxy go to the fleet.
+async fn serve_proxies(
+    State(control): State<Arc<EmulatorControl>>,
+    req: Request,
+    next: Next,
+) -> Response {
     let host = req
         .headers()
         .get(header::HOST)
@@ -161,6 +171,11 @@ async fn serve(State(control): State<Arc<EmulatorControl>>, req: Request) -> Res
     if host.is_some_and(|h| control.fleet().serves_host(&h)) {
         return control.fleet().handle(req).await;
     }
+    next.run(req).await
+}
+
+/// The KMS API: `POST /` with an `X-Amz-Target` header.
+async fn serve_kms(State(control): State<Arc<EmulatorControl>>, req: Request) -> Response {
     if req.method() != Method::POST || req.uri().path() != "/" {
         return KmsError::new(
             "UnknownOperationException",
