@@ -880,3 +880,38 @@ impl std::io::Write for LogWriter {
         Ok(())
     }
 }
+
+#[tokio::test]
+async fn failed_reconnect_without_rollback_names_the_connection_error() {
+    let h = harness().await;
+    let (mut res, mut status) = created(&h).await;
+    res.spec.proxy.uri_endpoint = REPLICA.into();
+    res.spec.rollback = xks_operator::api::RollbackPolicy::Disabled;
+    let fleet = h.emu.fleet().clone();
+    let mut sink = Recorder {
+        hook: Some(Box::new(move |s: &ExternalKeyStoreStatus| {
+            if s.operation.as_ref().is_some_and(|o| {
+                o.steps
+                    .iter()
+                    .any(|st| st.name == StepName::HealthCheck && st.state == StepState::Succeeded)
+            }) {
+                let _ = fleet.set_key_manager_health(
+                    "xks-replica.example.com",
+                    "ekm-1",
+                    KeyManagerHealth::Unavailable,
+                );
+            }
+        })),
+        ..Recorder::default()
+    };
+    let outcome = converge(&h, &res, credential(), &mut status, &mut sink).await;
+    assert_eq!(outcome, Outcome::Stalled);
+    let stalled = conditions::get(&status, conditions::STALLED).expect("stalled");
+    assert!(stalled.reason.starts_with("XksProxy"), "{}", stalled.reason);
+    assert!(stalled.message.contains("XKS_PROXY"), "{}", stalled.message);
+    assert_eq!(status.connection_state.as_deref(), Some("FAILED"));
+    assert_eq!(
+        status.operation.as_ref().map(|o| o.phase),
+        Some(OperationPhase::Failed)
+    );
+}

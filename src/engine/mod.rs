@@ -240,8 +240,11 @@ impl<K: KeyStores, P: ProxyProbe> Engine<K, P> {
                     .await
             }
             Decision::Blocked { message } => {
-                let category = blocked_category(status);
-                self.stall(status, sink, category, &message, generation)
+                // Keep the reason the change failed with, so it stays visible.
+                let reason = conditions::get(status, conditions::STALLED)
+                    .filter(|c| c.status == "True")
+                    .map_or_else(|| "Blocked".to_string(), |c| c.reason.clone());
+                self.stall_with(status, sink, &reason, &message, generation)
                     .await
             }
             Decision::Start(new) => {
@@ -264,6 +267,19 @@ impl<K: KeyStores, P: ProxyProbe> Engine<K, P> {
                     sink.write(status).await?;
                     return Ok(Outcome::Observed);
                 }
+                let trigger = status
+                    .operation
+                    .as_ref()
+                    .map(|o| o.trigger.clone())
+                    .unwrap_or_default();
+                conditions::set(
+                    status,
+                    Summary::Progressing,
+                    "OperationStarted",
+                    &format!("{trigger}: {planned}"),
+                    generation,
+                    &now,
+                );
                 sink.write(status).await?;
                 self.run(req, &desired, &credential, status, sink).await
             }
@@ -422,7 +438,7 @@ impl<K: KeyStores, P: ProxyProbe> Engine<K, P> {
                     conditions::set(
                         status,
                         Summary::Progressing,
-                        err.category.reason(),
+                        &err.reason(),
                         &format!("{step_name:?} will be retried: {}", err.message),
                         generation,
                         &now,
@@ -461,7 +477,7 @@ impl<K: KeyStores, P: ProxyProbe> Engine<K, P> {
                     conditions::set(
                         status,
                         Summary::Stalled,
-                        err.category.reason(),
+                        &err.reason(),
                         &message,
                         generation,
                         &now,
@@ -579,16 +595,21 @@ impl<K: KeyStores, P: ProxyProbe> Engine<K, P> {
         message: &str,
         generation: Option<i64>,
     ) -> Result<Outcome, EngineError> {
+        self.stall_with(status, sink, category.reason(), message, generation)
+            .await
+    }
+
+    async fn stall_with<S: StatusSink>(
+        &self,
+        status: &mut ExternalKeyStoreStatus,
+        sink: &mut S,
+        reason: &str,
+        message: &str,
+        generation: Option<i64>,
+    ) -> Result<Outcome, EngineError> {
         status.observed_generation = generation;
         let now = self.clock.now();
-        conditions::set(
-            status,
-            Summary::Stalled,
-            category.reason(),
-            message,
-            generation,
-            &now,
-        );
+        conditions::set(status, Summary::Stalled, reason, message, generation, &now);
         sink.write(status).await?;
         Ok(Outcome::Stalled)
     }
@@ -706,13 +727,6 @@ fn mark(
         ) {
             step.finished_at = Some(now.to_string());
         }
-    }
-}
-
-fn blocked_category(status: &ExternalKeyStoreStatus) -> ErrorCategory {
-    match status.operation.as_ref().map(|o| o.phase) {
-        Some(OperationPhase::RolledBack) => ErrorCategory::ConnectionFailed,
-        _ => ErrorCategory::InvalidSpec,
     }
 }
 

@@ -15,6 +15,38 @@ use crate::xks::{KeyManagerHealth, ProbeError, ProxyProbe, ProxyTarget};
 pub struct StepError {
     pub category: ErrorCategory,
     pub message: String,
+    /// A more specific condition reason than the category's: the KMS
+    /// exception or ConnectionErrorCode, in CamelCase.
+    pub reason: Option<String>,
+}
+
+impl StepError {
+    /// The condition reason: specific when known, else the category's.
+    pub fn reason(&self) -> String {
+        self.reason
+            .clone()
+            .unwrap_or_else(|| self.category.reason().to_string())
+    }
+}
+
+/// `XKS_PROXY_NOT_REACHABLE` → `XksProxyNotReachable`;
+/// `XksProxyUriUnreachableException` → `XksProxyUriUnreachable`.
+pub fn camel_reason(code: &str) -> String {
+    if code.contains('_') {
+        code.split('_')
+            .filter(|w| !w.is_empty())
+            .map(|w| {
+                let lower = w.to_ascii_lowercase();
+                let mut chars = lower.chars();
+                chars
+                    .next()
+                    .map(|c| c.to_ascii_uppercase().to_string() + chars.as_str())
+                    .unwrap_or_default()
+            })
+            .collect()
+    } else {
+        code.trim_end_matches("Exception").to_string()
+    }
 }
 
 pub(super) enum StepResult {
@@ -65,6 +97,7 @@ pub(super) async fn run_step<K: KeyStores, P: ProxyProbe, S: StatusSink>(
                 None => Ok(StepResult::Fail(StepError {
                     category: ErrorCategory::Internal,
                     message: "no previous proxy configuration was recorded".into(),
+                    reason: None,
                 })),
             }
         }
@@ -127,6 +160,7 @@ impl<K: KeyStores, P: ProxyProbe> StepRun<'_, K, P> {
             return Err(StepResult::Fail(StepError {
                 category: ErrorCategory::Internal,
                 message: "no key store id recorded".into(),
+                reason: None,
             }));
         };
         match self.engine.kms.describe_by_id(&id).await {
@@ -137,6 +171,7 @@ impl<K: KeyStores, P: ProxyProbe> StepRun<'_, K, P> {
             Ok(None) => Err(StepResult::Fail(StepError {
                 category: ErrorCategory::NotFound,
                 message: format!("store {id} no longer exists in KMS"),
+                reason: None,
             })),
             Err(e) => Err(kms_result(&e, 1)),
         }
@@ -164,6 +199,7 @@ impl<K: KeyStores, P: ProxyProbe> StepRun<'_, K, P> {
                         proxy.uri_path,
                         health.key_managers.len()
                     ),
+                                    reason: None,
                 },
                 attempts,
                 self.engine.options.max_proxy_attempts,
@@ -219,6 +255,7 @@ impl<K: KeyStores, P: ProxyProbe> StepRun<'_, K, P> {
                         keys.len(),
                         missing.join(", ")
                     ),
+                    reason: None,
                 }));
             }
             message.push_str(&format!(
@@ -322,6 +359,7 @@ impl<K: KeyStores, P: ProxyProbe> StepRun<'_, K, P> {
                         store.connection_state,
                         d.changed_fields().join(", ")
                     ),
+                    reason: None,
                 },
                 status_attempts(status, self.index) + 1,
                 MAX_ATTEMPTS,
@@ -385,6 +423,7 @@ impl<K: KeyStores, P: ProxyProbe> StepRun<'_, K, P> {
                 StepError {
                     category: ErrorCategory::ProxyUnhealthy,
                     message: "all key managers of the proxy are UNAVAILABLE".into(),
+                    reason: None,
                 },
                 attempts,
                 self.engine.options.max_proxy_attempts,
@@ -425,6 +464,7 @@ impl<K: KeyStores, P: ProxyProbe> StepRun<'_, K, P> {
                 Ok(StepResult::Fail(StepError {
                     category: ErrorCategory::ConnectionFailed,
                     message,
+                    reason: store.connection_error_code.as_deref().map(camel_reason),
                 }))
             }
             ConnectionState::Disconnected => {
@@ -471,6 +511,7 @@ impl<K: KeyStores, P: ProxyProbe> StepRun<'_, K, P> {
                     message: format!(
                         "KMS refuses to delete store {id}: it still holds {count} KMS keys. Schedule their deletion and wait for it to complete, or set deletionPolicy: Retain to release the store untouched"
                     ),
+                    reason: None,
                 }))
             }
             Err(e) => Ok(kms_result(&e, attempts)),
@@ -481,6 +522,7 @@ impl<K: KeyStores, P: ProxyProbe> StepRun<'_, K, P> {
         let err = StepError {
             category: e.category(),
             message: format!("{which}: {e}"),
+            reason: None,
         };
         self.bounded_retry(err, attempts, self.engine.options.max_proxy_attempts)
     }
@@ -509,6 +551,7 @@ fn kms_result(e: &KmsError, attempts: u32) -> StepResult {
     let err = StepError {
         category,
         message: e.to_string(),
+        reason: e.code().map(camel_reason),
     };
     match category {
         ErrorCategory::Throttled | ErrorCategory::Transient => StepResult::Retry(err),
@@ -535,4 +578,22 @@ fn restore_target(
         target.credential_fingerprint = fp.clone();
     }
     target
+}
+
+#[cfg(test)]
+mod tests {
+    use super::camel_reason;
+
+    #[test]
+    fn reasons_are_camel_case() {
+        assert_eq!(
+            camel_reason("XKS_PROXY_NOT_REACHABLE"),
+            "XksProxyNotReachable"
+        );
+        assert_eq!(camel_reason("INVALID_CREDENTIALS"), "InvalidCredentials");
+        assert_eq!(
+            camel_reason("XksProxyUriUnreachableException"),
+            "XksProxyUriUnreachable"
+        );
+    }
 }
