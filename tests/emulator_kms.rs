@@ -1723,6 +1723,19 @@ async fn control_endpoint_over_http() {
         .await
         .unwrap();
     assert!(r.status().is_client_error());
+    let r = put("/faults/ListKey", json!({"throttleNext": 1}))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let mut bad_config = test_config();
+    bad_config
+        .faults
+        .insert("DescribeCustomKeyStore".into(), OperationFaults::default());
+    assert!(
+        emulator::start(bad_config, "127.0.0.1:0".parse().unwrap())
+            .await
+            .is_err()
+    );
 
     let id = public_store(&client, "ctl")
         .send()

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use super::config::{EmulatorConfig, VpcEndpointServiceConfig};
 use super::faults::{KmsFaults, OperationFaults, OperationStats};
-use super::kms::KmsService;
+use super::kms::{KmsService, check_fault_keys};
 use super::xks_proxy::{
     ExternalKeyConfig, KeyManagerHealth, ProxyConfig, ProxyCredentialConfig, ProxyFaults,
     ProxyFleet,
@@ -383,6 +383,9 @@ pub(super) fn router() -> Router<Arc<EmulatorControl>> {
             "/faults",
             get(|State(c): Ctl| async move { Json(json!(c.faults())) })
                 .put(|State(c): Ctl, Json(f): Json<KmsFaults>| async move {
+                    if let Err(e) = check_fault_keys(f.keys()) {
+                        return bad(StatusCode::BAD_REQUEST, e);
+                    }
                     c.set_faults(f);
                     ok()
                 })
@@ -395,6 +398,9 @@ pub(super) fn router() -> Router<Arc<EmulatorControl>> {
             "/faults/{operation}",
             put(
                 |State(c): Ctl, Path(op): Path<String>, Json(f): Json<OperationFaults>| async move {
+                    if let Err(e) = check_fault_keys([&op]) {
+                        return bad(StatusCode::BAD_REQUEST, e);
+                    }
                     c.set_operation_faults(&op, Some(f));
                     ok()
                 },

@@ -113,6 +113,7 @@ pub async fn start(config: EmulatorConfig, listen: SocketAddr) -> anyhow::Result
         .with_context(|| format!("binding {listen}"))?;
     let addr = listener.local_addr()?;
     let self_url = format!("http://{addr}");
+    kms::check_fault_keys(config.faults.keys()).map_err(|e| anyhow::anyhow!(e))?;
     let fleet = ProxyFleet::new(config.proxies.clone())
         .map_err(|e| anyhow::anyhow!("invalid proxy configuration: {e}"))?;
     let resolve = initial_resolve(&config, &self_url);

@@ -58,6 +58,20 @@ pub const OPERATIONS: &[&str] = &[
     "CancelKeyDeletion",
 ];
 
+/// Fault keys must name an emulated operation or `*`: a typo must not
+/// silently disable a fault.
+pub fn check_fault_keys<'a>(keys: impl IntoIterator<Item = &'a String>) -> Result<(), String> {
+    for key in keys {
+        if key != crate::emulator::faults::ALL_OPERATIONS && !OPERATIONS.contains(&key.as_str()) {
+            return Err(format!(
+                "faults: unknown KMS operation {key:?} (use one of {} or \"*\")",
+                OPERATIONS.join(", ")
+            ));
+        }
+    }
+    Ok(())
+}
+
 impl KmsService {
     pub fn new(settings: Settings, faults: FaultEngine, caller: ProxyCaller) -> Self {
         Self {
