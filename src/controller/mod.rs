@@ -278,7 +278,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         let namespace = pod_namespace()?;
         readiness.set_standby(true);
         tokio::select! {
-            acquired = leader::acquire(client.clone(), &args.lease_name, &namespace) => {
+            acquired = leader::acquire(client.clone(), leader::LeaseConfig::new(&args.lease_name, namespace)) => {
                 leadership = Some(acquired?);
             }
             () = shutdown_signal() => {
