@@ -8,6 +8,7 @@
 //! cannot pass on both sides.
 
 pub mod api;
+pub mod bench;
 pub mod cli;
 pub mod controller;
 pub mod credentials;

@@ -72,6 +72,9 @@ enum Command {
     },
     /// Print the ExternalKeyStore CustomResourceDefinition as YAML.
     Crd,
+    /// Measure disruption windows, KMS quota use and operator cost against
+    /// the embedded emulator (see BENCHMARKS.md).
+    Bench(xks_operator::bench::BenchArgs),
 }
 
 fn init_logging(level: &str, format: LogFormat) {
@@ -115,6 +118,7 @@ async fn main() -> ExitCode {
             .await
             .map(|()| 0),
         Command::Run(args) => xks_operator::controller::run(args).await.map(|()| 0),
+        Command::Bench(args) => xks_operator::bench::run(args).await.map(|()| 0),
         Command::Crd => serde_yaml::to_string(&ExternalKeyStore::crd())
             .map(|yaml| {
                 print!("{yaml}");
