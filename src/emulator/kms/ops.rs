@@ -403,9 +403,12 @@ impl KmsService {
         }
         v.finish()?;
 
-        let (current_name, proposed, needs_check) = {
-            let mut state = self.lock();
-            let store = find_store(&mut state, &id)?;
+        // Decides the new name and settings from the store as it is now;
+        // run again after the proxy check to catch a concurrent change.
+        let plan = |state: &KmsState| -> Result<(String, ProxySettings, bool), KmsError> {
+            let store = state
+                .store(&id)
+                .ok_or_else(|| KmsError::store_not_found(&id))?;
             let current = store.proxy.clone();
             let mut next = current.clone();
             let mut v = Validator::new();
@@ -469,10 +472,11 @@ impl KmsService {
                 }
             }
             let conn = store.state;
-            check_conflicts(&state, Some(&id), &name_target, &next)?;
+            check_conflicts(state, Some(&id), &name_target, &next)?;
             let check = proxy_changed && (!next.is_vpc() || conn == Connection::Connected);
-            (name_target, next, check)
+            Ok((name_target, next, check))
         };
+        let (current_name, proposed, needs_check) = plan(&self.lock())?;
         if needs_check {
             proxy::health(
                 &self.caller,
@@ -483,7 +487,12 @@ impl KmsService {
             .map_err(|e| proxy::create_update_error(&e))?;
         }
         let mut state = self.lock();
-        check_conflicts(&state, Some(&id), &current_name, &proposed)?;
+        let (again_name, again, _) = plan(&state)?;
+        if again_name != current_name || again != proposed {
+            return Err(KmsError::internal(format!(
+                "The custom key store {id} changed during the update; retry."
+            )));
+        }
         let store = find_store(&mut state, &id)?;
         store.name = current_name;
         store.proxy = proposed;
