@@ -2197,3 +2197,75 @@ async fn cli_serves_the_documented_config_and_stops_on_sigterm() {
     drop(out);
     assert!(exit.success(), "{exit:?}");
 }
+
+#[tokio::test]
+async fn remaining_bounds() {
+    let (emu, client) = start(test_config()).await;
+    let id = public_store(&client, "b")
+        .send()
+        .await
+        .unwrap()
+        .custom_key_store_id
+        .unwrap();
+    connect(&client, &id).await;
+    let create = |xks: String| {
+        client
+            .create_key()
+            .origin(OriginType::ExternalKeyStore)
+            .custom_key_store_id(&id)
+            .xks_key_id(xks)
+    };
+    // XksKeyId 1-128: inside passes validation (and the proxy lacks the key).
+    let r = create("k".repeat(128)).send().await;
+    assert_eq!(code(r), "XksKeyNotFoundException");
+    let r = create("k".repeat(129)).send().await;
+    assert_eq!(code(r), "ValidationException");
+    let r = create(String::new()).send().await;
+    assert_eq!(code(r), "ValidationException");
+    let r = create("key-1".into())
+        .description("d".repeat(8193))
+        .send()
+        .await;
+    assert_eq!(code(r), "ValidationException");
+    create("key-1".into())
+        .description("d".repeat(8192))
+        .send()
+        .await
+        .unwrap();
+    for limit in [1, 1000] {
+        client
+            .describe_custom_key_stores()
+            .limit(limit)
+            .send()
+            .await
+            .unwrap();
+        client.list_keys().limit(limit).send().await.unwrap();
+    }
+    let r = client
+        .describe_custom_key_stores()
+        .marker("m".repeat(1025))
+        .send()
+        .await;
+    assert_eq!(code(r), "ValidationException");
+    let r = client
+        .describe_custom_key_stores()
+        .custom_key_store_name("n".repeat(257))
+        .send()
+        .await;
+    assert_eq!(code(r), "ValidationException");
+    let r = client
+        .update_custom_key_store()
+        .custom_key_store_id(&id)
+        .new_custom_key_store_name("n".repeat(257))
+        .send()
+        .await;
+    assert_eq!(code(r), "ValidationException");
+    client
+        .update_custom_key_store()
+        .custom_key_store_id(&id)
+        .new_custom_key_store_name("n".repeat(256))
+        .send()
+        .await
+        .unwrap();
+    emu.shutdown().await;
+}
