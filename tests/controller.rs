@@ -1002,3 +1002,42 @@ async fn the_controller_pushes_a_rotated_secret_without_a_change_of_the_resource
     running.abort();
     h.assert_secret_never_sent();
 }
+
+#[tokio::test]
+async fn a_pass_on_a_stale_cached_object_resumes_from_the_status_last_written() {
+    let h = Harness::new(resource(json!({}), json!({}), None), FakeKms::default());
+    for _ in 0..5 {
+        h.pass().await;
+    }
+    let current = h.api.object().expect("object");
+    assert!(
+        current
+            .status
+            .as_ref()
+            .is_some_and(|s| s.credential_fingerprint.is_some())
+    );
+    let mutations = h.kms.mutations();
+
+    // The watch cache has not caught up: the object as it was before the
+    // operator's status writes (finalizer already there).
+    let mut stale = current.clone();
+    stale.status = None;
+    h.api.clear_calls();
+    let action = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        reconcile(Arc::new(stale), h.ctx.clone()),
+    )
+    .await
+    .expect("in time")
+    .expect("reconcile");
+    assert_eq!(
+        h.kms.mutations(),
+        mutations,
+        "nothing is redone: {:?}",
+        h.kms.calls()
+    );
+    let calls = h.api_calls();
+    assert_eq!(calls.len(), 1, "only the Secret is read: {calls:?}");
+    assert!(calls[0].is("GET", SECRET_PATH));
+    assert_ne!(action, Action::await_change());
+}

@@ -216,6 +216,8 @@ pub struct Context<B: Backend> {
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     pub settings: Settings,
+    /// The status last written per resource (newer than the watch cache).
+    pub statuses: status::StatusMemory,
     engines: tokio::sync::Mutex<HashMap<String, Arc<RegionEngine<B>>>>,
 }
 
@@ -231,6 +233,7 @@ impl<B: Backend> Context<B> {
             backend,
             metrics,
             settings,
+            statuses: status::StatusMemory::default(),
             engines: tokio::sync::Mutex::default(),
         }
     }

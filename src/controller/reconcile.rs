@@ -51,17 +51,28 @@ pub async fn reconcile<B: Backend>(
         return Err(Error::Unnamed);
     };
     let api: Api<ExternalKeyStore> = Api::namespaced(ctx.client.clone(), &namespace);
-    let mut sink = StatusWriter::new(api.clone(), &obj, &ctx.recorder, &ctx.metrics);
+    let uid = obj.metadata.uid.clone().unwrap_or_default();
+    let recorded = ctx.statuses.get(&uid).or_else(|| obj.status.clone());
+    let mut sink = StatusWriter::new(
+        api.clone(),
+        &obj,
+        recorded.clone(),
+        &ctx.recorder,
+        &ctx.metrics,
+        &ctx.statuses,
+    );
     let deleting = obj.metadata.deletion_timestamp.is_some();
     let has_finalizer = obj.finalizers().iter().any(|f| f == FINALIZER);
     let generation = obj.metadata.generation;
 
     if deleting && !has_finalizer {
         // Not ours to hold up (or already released).
+        ctx.statuses.forget(&uid);
         return Ok(Action::await_change());
     }
-    let mut status = obj.status.clone().unwrap_or_default();
-    if obj.status.is_none() && !deleting {
+    let first_sight = recorded.is_none();
+    let mut status = recorded.unwrap_or_default();
+    if first_sight && !deleting {
         // Written before anything else so kstatus-aware tools (Flux, Argo
         // CD, kubectl wait) see the resource is being worked on at once.
         conditions::set(
@@ -83,6 +94,7 @@ pub async fn reconcile<B: Backend>(
     if deleting && obj.spec.deletion_policy == DeletionPolicy::Retain {
         // Retain leaves the store as it is: no need to even look at it.
         remove_finalizer(&api, &obj, sink.resource_version()).await?;
+        ctx.statuses.forget(&uid);
         sink.event(
             EventType::Normal,
             "Released",
@@ -143,6 +155,7 @@ pub async fn reconcile<B: Backend>(
     Ok(match outcome {
         Outcome::Released if deleting => {
             remove_finalizer(&api, &obj, sink.resource_version()).await?;
+            ctx.statuses.forget(&uid);
             sink.event(
                 EventType::Normal,
                 "Released",

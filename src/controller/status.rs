@@ -12,7 +12,31 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Api, Resource};
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::Duration;
+
+/// The status this process last wrote, per resource uid. Only the operator
+/// writes status, so this is newer than a watch cache that has not yet
+/// caught up with the last write (e.g. on an immediate requeue); resuming
+/// from a stale status could repeat a step such as a credential update.
+#[derive(Default)]
+pub struct StatusMemory(Mutex<HashMap<String, ExternalKeyStoreStatus>>);
+
+impl StatusMemory {
+    pub fn get(&self, uid: &str) -> Option<ExternalKeyStoreStatus> {
+        self.lock().get(uid).cloned()
+    }
+    fn put(&self, uid: &str, status: &ExternalKeyStoreStatus) {
+        self.lock().insert(uid.to_string(), status.clone());
+    }
+    pub fn forget(&self, uid: &str) {
+        self.lock().remove(uid);
+    }
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, ExternalKeyStoreStatus>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
 
 /// Kubernetes caps an Event note at 1 kB.
 const MAX_NOTE_BYTES: usize = 1000;
@@ -25,17 +49,22 @@ pub struct StatusWriter<'a> {
     metrics: &'a Metrics,
     /// The status as last written (or as read with the object).
     last: Option<ExternalKeyStoreStatus>,
+    memory: &'a StatusMemory,
+    uid: String,
     /// The object's resourceVersion after the last write: a status write
     /// changes it, and the finalizer patches are guarded by it.
     resource_version: Option<String>,
 }
 
 impl<'a> StatusWriter<'a> {
+    /// `recorded` is the status the pass starts from (see [`StatusMemory`]).
     pub fn new(
         api: Api<ExternalKeyStore>,
         resource: &ExternalKeyStore,
+        recorded: Option<ExternalKeyStoreStatus>,
         recorder: &'a Recorder,
         metrics: &'a Metrics,
+        memory: &'a StatusMemory,
     ) -> Self {
         Self {
             api,
@@ -43,7 +72,9 @@ impl<'a> StatusWriter<'a> {
             reference: resource.object_ref(&()),
             recorder,
             metrics,
-            last: resource.status.clone(),
+            last: recorded,
+            memory,
+            uid: resource.metadata.uid.clone().unwrap_or_default(),
             resource_version: resource.metadata.resource_version.clone(),
         }
     }
@@ -201,6 +232,9 @@ impl StatusSink for StatusWriter<'_> {
         if !unchanged {
             self.apply(status).await?;
             self.announce(status).await;
+        }
+        if !self.uid.is_empty() {
+            self.memory.put(&self.uid, status);
         }
         self.last = Some(status.clone());
         Ok(())
