@@ -91,6 +91,8 @@ fn credential() -> ProxyCredential {
     ProxyCredential::new(DEMO_ACCESS_KEY_ID, DEMO_SECRET)
 }
 
+type StatusHook = Box<dyn FnMut(&ExternalKeyStoreStatus) + Send>;
+
 /// Keeps every status written, like the API server would.
 #[derive(Default)]
 struct Recorder {
@@ -98,7 +100,7 @@ struct Recorder {
     /// Fail the write with this index (0-based): a crash at that point.
     crash_at: Option<usize>,
     /// Called on every successful write, to act between steps.
-    hook: Option<Box<dyn FnMut(&ExternalKeyStoreStatus) + Send>>,
+    hook: Option<StatusHook>,
 }
 
 impl StatusSink for Recorder {

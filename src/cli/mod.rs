@@ -128,7 +128,9 @@ pub async fn plan_command(
         });
         match &observed {
             Some(s) => println!("  store {} ({}) is {}", s.id, s.name, s.connection_state),
-            None => println!("  no store in KMS yet"),
+            None => println!(
+                "  no store in KMS yet (a renamed store is recognised only through its status.keyStoreId or spec.keyStoreId)"
+            ),
         }
         match decision {
             Decision::InSync => println!("  in sync: no change"),
