@@ -1,186 +1,22 @@
 //! The engine against the emulator over real HTTP: aws-sdk-kms to the KMS
 //! emulator, SigV4-signed proxy calls to the XKS proxy emulator.
 
-use std::collections::HashMap;
+mod common;
+
+use common::*;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use xks_operator::api::{
-    ExternalKeyStore, ExternalKeyStoreStatus, OperationPhase, StepName, StepState,
-};
+use xks_operator::api::{ExternalKeyStoreStatus, OperationPhase, StepName, StepState};
 use xks_operator::cli::settle;
 use xks_operator::emulator::config::{
     DEMO_ACCESS_KEY_ID, DEMO_ROTATED_SECRET, DEMO_SECRET, VpcEndpointServiceConfig, demo_proxy,
 };
-use xks_operator::emulator::xks_proxy::{KeyManagerHealth, ProxyCredentialConfig};
-use xks_operator::emulator::{self, EmulatorConfig, RunningEmulator};
+use xks_operator::emulator::xks_proxy::KeyManagerHealth;
 use xks_operator::engine::conditions;
-use xks_operator::engine::{Engine, EngineOptions, Outcome, Request, SinkError, StatusSink};
-use xks_operator::kms::aws::AwsKeyStores;
+use xks_operator::engine::{Outcome, Request};
 use xks_operator::kms::{CreateStore, KeyStores};
 use xks_operator::model::{ConnectionState, Connectivity, ProxyConfig, ProxyCredential};
-use xks_operator::xks::probe::{HttpProxyProbe, ProbeOptions};
-
-const PRIMARY: &str = "https://xks-primary.example.com";
-const REPLICA: &str = "https://xks-replica.example.com";
-const PATH: &str = "/example/kms/xks/v1";
-const VPC_HOST: &str = "xks-vpc.example.com";
-const VPC_SERVICE: &str = "com.amazonaws.vpce.us-east-1.vpce-svc-0123456789abcdef0";
-/// A port nothing listens on: "unreachable" without leaving the machine.
-const CLOSED: &str = "http://127.0.0.1:1";
-
-struct Harness {
-    emu: RunningEmulator,
-    engine: Engine<AwsKeyStores, HttpProxyProbe>,
-    client: aws_sdk_kms::Client,
-}
-
-async fn harness() -> Harness {
-    let config = EmulatorConfig {
-        connect_delay_ms: 30,
-        disconnect_delay_ms: 30,
-        ..EmulatorConfig::default()
-    };
-    let emu = emulator::start(config, ([127, 0, 0, 1], 0).into())
-        .await
-        .expect("emulator starts");
-    let kms = AwsKeyStores::for_endpoint(&emu.kms_endpoint(), "us-east-1");
-    let client = kms.client().clone();
-    let mut resolve: HashMap<String, String> = emu.proxy_resolve_map();
-    resolve.insert(VPC_HOST.into(), emu.kms_endpoint());
-    resolve.insert("xks-nowhere.example.com".into(), CLOSED.into());
-    emu.control().set_resolve("xks-nowhere.example.com", CLOSED);
-    let probe = HttpProxyProbe::new(ProbeOptions {
-        resolve,
-        timeout: Duration::from_secs(2),
-        ..ProbeOptions::default()
-    })
-    .expect("probe");
-    let engine = Engine::new(
-        kms,
-        probe,
-        "us-east-1",
-        EngineOptions {
-            poll_interval: Duration::from_millis(20),
-            backoff_base: Duration::from_millis(10),
-            backoff_max: Duration::from_millis(100),
-            ..EngineOptions::default()
-        },
-    );
-    Harness {
-        emu,
-        engine,
-        client,
-    }
-}
-
-fn resource(yaml_spec: &str) -> ExternalKeyStore {
-    let text = format!(
-        "apiVersion: xks-operator.io/v1alpha1\nkind: ExternalKeyStore\nmetadata:\n  name: payments\n  namespace: default\n  generation: 1\nspec:\n{yaml_spec}"
-    );
-    serde_yaml::from_str(&text).expect("valid test resource")
-}
-
-fn public(endpoint: &str) -> ExternalKeyStore {
-    resource(&format!(
-        "  proxy:\n    uriEndpoint: {endpoint}\n    uriPath: {PATH}\n    credentialsSecretRef: {{name: cred}}\n"
-    ))
-}
-
-fn credential() -> ProxyCredential {
-    ProxyCredential::new(DEMO_ACCESS_KEY_ID, DEMO_SECRET)
-}
-
-type StatusHook = Box<dyn FnMut(&ExternalKeyStoreStatus) + Send>;
-
-/// Keeps every status written, like the API server would.
-#[derive(Default)]
-struct Recorder {
-    writes: Vec<ExternalKeyStoreStatus>,
-    /// Fail the write with this index (0-based): a crash at that point.
-    crash_at: Option<usize>,
-    /// Called on every successful write, to act between steps.
-    hook: Option<StatusHook>,
-}
-
-impl StatusSink for Recorder {
-    async fn write(&mut self, status: &ExternalKeyStoreStatus) -> Result<(), SinkError> {
-        if self.crash_at == Some(self.writes.len()) {
-            self.crash_at = None;
-            return Err(SinkError("crash injected".into()));
-        }
-        self.writes.push(status.clone());
-        if let Some(hook) = self.hook.as_mut() {
-            hook(status);
-        }
-        Ok(())
-    }
-}
-
-impl Recorder {
-    fn persisted(&self) -> ExternalKeyStoreStatus {
-        self.writes.last().cloned().unwrap_or_default()
-    }
-}
-
-fn request(res: &ExternalKeyStore, credential: ProxyCredential) -> Request<'_> {
-    Request {
-        resource: res,
-        credential: Ok(credential),
-        approved: false,
-        deleting: false,
-        requested_at: None,
-    }
-}
-
-async fn converge(
-    h: &Harness,
-    res: &ExternalKeyStore,
-    credential: ProxyCredential,
-    status: &mut ExternalKeyStoreStatus,
-    sink: &mut Recorder,
-) -> Outcome {
-    settle(
-        &h.engine,
-        &request(res, credential),
-        status,
-        sink,
-        Duration::from_secs(30),
-    )
-    .await
-    .expect("settles")
-}
-
-fn step_names(status: &ExternalKeyStoreStatus) -> Vec<StepName> {
-    status
-        .operation
-        .as_ref()
-        .map(|o| o.steps.iter().map(|s| s.name).collect())
-        .unwrap_or_default()
-}
-
-fn all_succeeded(status: &ExternalKeyStoreStatus) -> bool {
-    status
-        .operation
-        .as_ref()
-        .is_some_and(|o| o.steps.iter().all(|s| s.state == StepState::Succeeded))
-}
-
-async fn created(h: &Harness) -> (ExternalKeyStore, ExternalKeyStoreStatus) {
-    let res = public(PRIMARY);
-    let mut status = ExternalKeyStoreStatus::default();
-    let outcome = converge(h, &res, credential(), &mut status, &mut Recorder::default()).await;
-    assert_eq!(outcome, Outcome::InSync);
-    (res, status)
-}
-
-async fn kms_view(h: &Harness) -> Vec<xks_operator::model::ObservedStore> {
-    h.engine.kms.describe_all().await.expect("describe")
-}
-
-fn calls(h: &Harness, op: &str) -> u64 {
-    h.emu.control().requests(op)
-}
 
 #[tokio::test]
 async fn creates_and_connects_a_new_store() {
@@ -263,19 +99,6 @@ async fn rotated_secret_with_same_access_key_id_is_pushed_online() {
     assert_eq!(calls(&h, "UpdateCustomKeyStore"), 1);
     assert_eq!(calls(&h, "DisconnectCustomKeyStore"), 0);
     assert_eq!(status.connection_state.as_deref(), Some("CONNECTED"));
-}
-
-/// The proxy side of a rotation: the proxies take the new secret first.
-fn rotate_on_proxies(h: &Harness) {
-    for host in ["xks-primary.example.com", "xks-replica.example.com"] {
-        h.emu
-            .control()
-            .add_credential(
-                host,
-                ProxyCredentialConfig::new(DEMO_ACCESS_KEY_ID, DEMO_ROTATED_SECRET),
-            )
-            .expect("rotate on proxy");
-    }
 }
 
 #[tokio::test]
@@ -467,18 +290,6 @@ async fn failed_store_is_recovered() {
         kms_view(&h).await[0].connection_state,
         ConnectionState::Connected
     );
-}
-
-async fn wait_state(h: &Harness, id: &str, want: ConnectionState) {
-    for _ in 0..200 {
-        if let Ok(Some(s)) = h.engine.kms.describe_by_id(id).await
-            && s.connection_state == want
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("store never reached {want}");
 }
 
 #[tokio::test]
@@ -695,131 +506,6 @@ async fn delete_refused_while_the_store_holds_keys_says_so() {
         "{}",
         stalled.message
     );
-}
-
-/// Crash (the status write fails and the pass is abandoned) at every write
-/// of an endpoint change, then resume from what was persisted: always ends
-/// CONNECTED at the new endpoint, with one store.
-#[tokio::test]
-async fn crash_between_any_two_steps_of_an_endpoint_change_resumes() {
-    // How many writes does an uncrashed run make?
-    let h = harness().await;
-    let (mut res, mut status) = created(&h).await;
-    res.spec.proxy.uri_endpoint = REPLICA.into();
-    let mut probe = Recorder::default();
-    converge(&h, &res, credential(), &mut status, &mut probe).await;
-    let total = probe.writes.len();
-    assert!(
-        total >= 10,
-        "expected a write per step transition, got {total}"
-    );
-    h.emu.shutdown().await;
-
-    for crash_at in 0..total {
-        let h = harness().await;
-        let (mut res, base) = created(&h).await;
-        res.spec.proxy.uri_endpoint = REPLICA.into();
-        let mut sink = Recorder {
-            crash_at: Some(crash_at),
-            ..Recorder::default()
-        };
-        let mut status = base.clone();
-        let req = request(&res, credential());
-        // Run until the injected crash kills the pass.
-        loop {
-            match h.engine.reconcile(&req, &mut status, &mut sink).await {
-                Err(_) => break,
-                Ok(Outcome::Requeue(d)) => tokio::time::sleep(d).await,
-                Ok(_) => break,
-            }
-        }
-        // A new process starts from what the API server holds.
-        let mut resumed = if sink.writes.is_empty() {
-            base.clone()
-        } else {
-            sink.persisted()
-        };
-        let outcome = converge(
-            &h,
-            &res,
-            credential(),
-            &mut resumed,
-            &mut Recorder::default(),
-        )
-        .await;
-        assert_eq!(outcome, Outcome::InSync, "crash at write {crash_at}");
-        let stores = kms_view(&h).await;
-        assert_eq!(stores.len(), 1, "crash at write {crash_at}");
-        assert_eq!(
-            stores[0].connection_state,
-            ConnectionState::Connected,
-            "crash at {crash_at}"
-        );
-        assert_eq!(
-            stores[0].proxy.as_ref().map(|p| p.uri_endpoint.as_str()),
-            Some(REPLICA),
-            "crash at write {crash_at}"
-        );
-        h.emu.shutdown().await;
-    }
-}
-
-/// A crash right after CreateCustomKeyStore returned, before its answer was
-/// recorded, must adopt the store on resume, never create a second one.
-#[tokio::test]
-async fn crash_after_create_call_adopts_instead_of_creating_twice() {
-    let h = harness().await;
-    let res = public(PRIMARY);
-    // The write after "Create Running" is the one that would record the id.
-    let mut probe = Recorder::default();
-    let mut scratch = ExternalKeyStoreStatus::default();
-    {
-        let h2 = harness().await;
-        settle(
-            &h2.engine,
-            &request(&res, credential()),
-            &mut scratch,
-            &mut probe,
-            Duration::from_secs(30),
-        )
-        .await
-        .expect("settles");
-        h2.emu.shutdown().await;
-    }
-    let create_running = probe
-        .writes
-        .iter()
-        .position(|s| {
-            s.operation.as_ref().is_some_and(|o| {
-                o.steps
-                    .iter()
-                    .any(|st| st.name == StepName::Create && st.state == StepState::Running)
-            })
-        })
-        .expect("create recorded as running");
-    let mut sink = Recorder {
-        crash_at: Some(create_running + 1),
-        ..Recorder::default()
-    };
-    let mut status = ExternalKeyStoreStatus::default();
-    let _ = h
-        .engine
-        .reconcile(&request(&res, credential()), &mut status, &mut sink)
-        .await;
-    assert_eq!(kms_view(&h).await.len(), 1, "the create call went through");
-    let mut resumed = sink.persisted();
-    assert!(resumed.key_store_id.is_none(), "the id was never recorded");
-    let outcome = converge(
-        &h,
-        &res,
-        credential(),
-        &mut resumed,
-        &mut Recorder::default(),
-    )
-    .await;
-    assert_eq!(outcome, Outcome::InSync);
-    assert_eq!(kms_view(&h).await.len(), 1, "no second store");
-    assert_eq!(calls(&h, "CreateCustomKeyStore"), 1);
 }
 
 /// Every status written and every log line (trace level) is free of the
