@@ -261,6 +261,11 @@ impl<B: Backend> Context<B> {
 
 /// `xks-operator run`.
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    // Both ring (kube) and aws-lc-rs (the AWS SDK) are linked in, so rustls
+    // cannot pick a process default by itself and kube's TLS setup would
+    // panic. The SDK's client names its provider explicitly; this only
+    // decides for kube. An error means one is installed already: fine.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let client = Client::try_default()
         .await
         .context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")?;
