@@ -87,7 +87,8 @@ async fn rotated_secret_with_same_access_key_id_is_pushed_online() {
     let h = harness().await;
     let (res, mut status) = created(&h).await;
     let before = status.credential_fingerprint.clone();
-    rotate_on_proxies(&h);
+    // The demo proxies accept the old and the new secret under one access
+    // key id, as a proxy does during a rotation: nothing to change there.
     let rotated = ProxyCredential::new(DEMO_ACCESS_KEY_ID, DEMO_ROTATED_SECRET);
     let outcome = converge(&h, &res, rotated, &mut status, &mut Recorder::default()).await;
     assert_eq!(outcome, Outcome::InSync);
@@ -99,6 +100,15 @@ async fn rotated_secret_with_same_access_key_id_is_pushed_online() {
     assert_eq!(calls(&h, "UpdateCustomKeyStore"), 1);
     assert_eq!(calls(&h, "DisconnectCustomKeyStore"), 0);
     assert_eq!(status.connection_state.as_deref(), Some("CONNECTED"));
+
+    // KMS holds the new secret now: with the old one retired on the
+    // proxies, a reconnect still authenticates.
+    rotate_on_proxies(&h);
+    let id = status.key_store_id.clone().expect("id");
+    h.engine.kms.disconnect(&id).await.expect("disconnect");
+    wait_state(&h, &id, ConnectionState::Disconnected).await;
+    h.engine.kms.connect(&id).await.expect("connect");
+    wait_state(&h, &id, ConnectionState::Connected).await;
 }
 
 #[tokio::test]

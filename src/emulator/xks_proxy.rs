@@ -391,12 +391,13 @@ fn normalize_config(cfg: &mut ProxyConfig, previous: Option<&ProxyConfig>) -> Re
     }
     for (i, cred) in cfg.credentials.iter().enumerate() {
         validate_credential(cred).map_err(|e| format!("proxy {}: {e}", cfg.host))?;
-        if cfg.credentials[..i]
-            .iter()
-            .any(|c| c.access_key_id == cred.access_key_id)
-        {
+        // The same id may carry several secrets (rotation under one id),
+        // but listing the very same credential twice is a mistake.
+        if cfg.credentials[..i].iter().any(|c| {
+            c.access_key_id == cred.access_key_id && c.secret_access_key == cred.secret_access_key
+        }) {
             return Err(format!(
-                "proxy {}: duplicate access key id {}",
+                "proxy {}: duplicate credential for access key id {}",
                 cfg.host, cred.access_key_id
             ));
         }

@@ -123,10 +123,15 @@ pub(super) fn verify<'c>(
     if skew > MAX_CLOCK_SKEW {
         return Err("X-Amz-Date is more than 5 minutes from the proxy clock");
     }
-    let credential = credentials
+    // Several secrets may share one access key id while a secret rotates
+    // under an unchanged id: any of them may have signed.
+    let candidates: Vec<&ProxyCredentialConfig> = credentials
         .iter()
-        .find(|c| c.access_key_id == auth.access_key_id)
-        .ok_or("unknown access key id")?;
+        .filter(|c| c.access_key_id == auth.access_key_id)
+        .collect();
+    if candidates.is_empty() {
+        return Err("unknown access key id");
+    }
 
     // Exactly the signed headers (x-amz-date is added by the signer from the time).
     let mut signed_values: Vec<(&str, &str)> = Vec::new();
@@ -146,39 +151,40 @@ pub(super) fn verify<'c>(
         }
     }
     let host = host.ok_or("missing Host header")?;
-    let signable = SignableRequest::new(
-        method,
-        format!("https://{host}{path_and_query}"),
-        signed_values.into_iter(),
-        SignableBody::Bytes(body),
-    )
-    .map_err(|_| "request URI cannot be canonicalized")?;
     let mut settings = SigningSettings::default();
     // Sign exactly what the client listed, even headers the SDK would skip.
     settings.excluded_headers = None;
-    let identity: Identity = Credentials::new(
-        credential.access_key_id.clone(),
-        credential.secret_access_key.clone(),
-        None,
-        None,
-        "xks-proxy-emulator",
-    )
-    .into();
-    let params = v4::SigningParams::builder()
-        .identity(&identity)
-        .region(auth.region)
-        .name(SIGNING_SERVICE)
-        .time(signed_at)
-        .settings(settings)
-        .build()
-        .map_err(|_| "cannot build signing parameters")?
+    for credential in candidates {
+        let signable = SignableRequest::new(
+            method,
+            format!("https://{host}{path_and_query}"),
+            signed_values.iter().copied(),
+            SignableBody::Bytes(body),
+        )
+        .map_err(|_| "request URI cannot be canonicalized")?;
+        let identity: Identity = Credentials::new(
+            credential.access_key_id.clone(),
+            credential.secret_access_key.clone(),
+            None,
+            None,
+            "xks-proxy-emulator",
+        )
         .into();
-    let expected = sign(signable, &params).map_err(|_| "request cannot be canonicalized")?;
-    if constant_time_eq(expected.signature().as_bytes(), auth.signature.as_bytes()) {
-        Ok(credential.access_key_id.as_str())
-    } else {
-        Err("signature does not match")
+        let params = v4::SigningParams::builder()
+            .identity(&identity)
+            .region(auth.region)
+            .name(SIGNING_SERVICE)
+            .time(signed_at)
+            .settings(settings.clone())
+            .build()
+            .map_err(|_| "cannot build signing parameters")?
+            .into();
+        let expected = sign(signable, &params).map_err(|_| "request cannot be canonicalized")?;
+        if constant_time_eq(expected.signature().as_bytes(), auth.signature.as_bytes()) {
+            return Ok(credential.access_key_id.as_str());
+        }
     }
+    Err("signature does not match")
 }
 
 #[cfg(test)]
