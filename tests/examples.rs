@@ -105,3 +105,19 @@ fn key_store_id_cannot_change_once_set() {
     );
     assert!(validate_resource(&old, Some(&old)).is_ok());
 }
+
+/// The emulator configuration the README shows must be one the emulator takes.
+#[test]
+fn readme_emulator_config_example_is_accepted() {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+        .expect("README");
+    let start = readme
+        .find("A full example:\n\n```yaml\n")
+        .expect("README has the emulator config example")
+        + "A full example:\n\n```yaml\n".len();
+    let len = readme[start..].find("```").expect("closed block");
+    let config = xks_operator::emulator::EmulatorConfig::from_yaml_str(&readme[start..start + len])
+        .expect("the README's example is a valid emulator config");
+    assert_eq!(config.proxies.len(), 1);
+    assert_eq!(config.max_custom_key_stores, 10);
+}
