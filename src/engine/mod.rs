@@ -267,11 +267,7 @@ impl<K: KeyStores, P: ProxyProbe> Engine<K, P> {
                     sink.write(status).await?;
                     return Ok(Outcome::Observed);
                 }
-                let trigger = status
-                    .operation
-                    .as_ref()
-                    .map(|o| o.trigger.clone())
-                    .unwrap_or_default();
+                let trigger = current_trigger(status);
                 conditions::set(
                     status,
                     Summary::Progressing,
@@ -407,11 +403,7 @@ impl<K: KeyStores, P: ProxyProbe> Engine<K, P> {
                         Some(message.clone()),
                         &now,
                     );
-                    let trigger = status
-                        .operation
-                        .as_ref()
-                        .map(|o| o.trigger.clone())
-                        .unwrap_or_default();
+                    let trigger = current_trigger(status);
                     conditions::set(
                         status,
                         Summary::Progressing,
@@ -702,6 +694,14 @@ pub async fn observe<K: KeyStores>(
         return Ok(None);
     }
     kms.describe_by_name(&res.key_store_name()).await
+}
+
+fn current_trigger(status: &ExternalKeyStoreStatus) -> String {
+    status
+        .operation
+        .as_ref()
+        .map(|o| o.trigger.clone())
+        .unwrap_or_default()
 }
 
 fn mark(
