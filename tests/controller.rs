@@ -1041,3 +1041,141 @@ async fn a_pass_on_a_stale_cached_object_resumes_from_the_status_last_written() 
     assert!(calls[0].is("GET", SECRET_PATH));
     assert_ne!(action, Action::await_change());
 }
+
+/// aws-sdk-kms and the HTTPS probe, pointed at the emulator.
+struct EmulatorBackend {
+    kms: xks_operator::kms::aws::AwsKeyStores,
+    probe: xks_operator::xks::probe::HttpProxyProbe,
+}
+
+impl Backend for EmulatorBackend {
+    type Kms = xks_operator::kms::aws::AwsKeyStores;
+    type Probe = xks_operator::xks::probe::HttpProxyProbe;
+    async fn key_stores(&self, _region: &str) -> Self::Kms {
+        self.kms.clone()
+    }
+    fn probe(&self) -> Self::Probe {
+        self.probe.clone()
+    }
+    fn default_region(&self) -> Option<String> {
+        Some("us-east-1".into())
+    }
+}
+
+#[tokio::test]
+async fn the_controller_runs_the_real_kms_adapter_against_the_emulator() {
+    use futures::StreamExt;
+    use k8s_openapi::api::core::v1::Secret;
+    use kube::Api;
+    use xks_operator::controller::{controller_for, error_policy};
+    use xks_operator::emulator::{self, EmulatorConfig};
+    use xks_operator::kms::aws::AwsKeyStores;
+    use xks_operator::xks::probe::{HttpProxyProbe, ProbeOptions};
+
+    let emu = emulator::start(
+        EmulatorConfig {
+            connect_delay_ms: 30,
+            disconnect_delay_ms: 30,
+            ..EmulatorConfig::default()
+        },
+        ([127, 0, 0, 1], 0).into(),
+    )
+    .await
+    .expect("emulator starts");
+    let kms = AwsKeyStores::for_endpoint(&emu.kms_endpoint(), "us-east-1");
+    let probe = HttpProxyProbe::new(ProbeOptions {
+        resolve: emu.proxy_resolve_map(),
+        timeout: std::time::Duration::from_secs(2),
+        ..ProbeOptions::default()
+    })
+    .expect("probe");
+    let object = resource(
+        json!({
+            "region": "us-east-1",
+            "proxy": {
+                "uriEndpoint": "https://xks-primary.example.com",
+                "uriPath": "/example/kms/xks/v1",
+                "credentialsSecretRef": {"name": "xks-proxy-credential"}
+            }
+        }),
+        json!({}),
+        None,
+    );
+    let (api, client, task) = ApiServer::start(object, Some(secret()));
+    let metrics = Arc::new(Metrics::new());
+    metrics.set_kms_source({
+        let kms = kms.clone();
+        Box::new(move || vec![("us-east-1".to_string(), kms.stats())])
+    });
+    let mut settings = Settings::default();
+    settings.engine.poll_interval = std::time::Duration::from_millis(50);
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        EmulatorBackend {
+            kms: kms.clone(),
+            probe,
+        },
+        metrics.clone(),
+        settings,
+    ));
+    let running = tokio::spawn(
+        controller_for(
+            Api::<ExternalKeyStore>::all(client.clone()),
+            Api::<Secret>::all(client),
+            2,
+        )
+        .run(reconcile, error_policy, ctx.clone())
+        .for_each(|_| async {}),
+    );
+
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        let status = api.object().and_then(|o| o.status);
+        if status.as_ref().is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+        }) {
+            break status.expect("status");
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not Ready in time: {status:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    running.abort();
+    assert_eq!(status.connection_state.as_deref(), Some("CONNECTED"));
+    let id = status.key_store_id.clone().expect("id");
+    assert!(id.starts_with("cks-"), "{id}");
+    let stats = kms.stats();
+    assert_eq!(stats.count("CreateCustomKeyStore", "ok"), 1);
+    assert_eq!(stats.count("ConnectCustomKeyStore", "ok"), 1);
+
+    // A drift pass on the in-sync store: one DescribeCustomKeyStores
+    // listing, no change, no status write.
+    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    let describes = kms.stats().total("DescribeCustomKeyStores");
+    api.clear_calls();
+    let obj = api.object().expect("object");
+    reconcile(Arc::new(obj), ctx.clone())
+        .await
+        .expect("drift pass");
+    let after = kms.stats();
+    assert!(
+        after.total("DescribeCustomKeyStores") - describes <= 1,
+        "{} describe calls",
+        after.total("DescribeCustomKeyStores") - describes
+    );
+    assert_eq!(after.count("UpdateCustomKeyStore", "ok"), 0);
+    assert!(!api.calls().iter().any(|c| c.path == STATUS_PATH));
+
+    let text = metrics.render().expect("metrics");
+    assert!(
+        text.contains("xks_operator_kms_calls_total{region=\"us-east-1\",operation=\"CreateCustomKeyStore\",outcome=\"ok\"} 1"),
+        "{text}"
+    );
+    assert!(!text.contains(SECRET));
+    task.abort();
+    emu.shutdown().await;
+}

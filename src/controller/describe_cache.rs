@@ -4,10 +4,11 @@
 //! only a few describe calls per second per account.
 //!
 //! Any mutating call invalidates the listing, so the engine sees its own
-//! changes at once; changes made by others show after at most the TTL.
+//! changes at once; changes made by others show after at most the TTL. A
+//! store in transition (CONNECTING, DISCONNECTING) is always read afresh.
 
 use crate::kms::{CreateStore, KeyStores, KmsError, UpdateStore};
-use crate::model::{ObservedStore, StoreKey};
+use crate::model::{ConnectionState, ObservedStore, StoreKey};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -79,24 +80,35 @@ impl<K: KeyStores> DescribeCache<K> {
     }
 }
 
+/// A store CONNECTING or DISCONNECTING is being waited on by a step that
+/// polls it: a listing up to a TTL old would stretch every such wait to the
+/// TTL, so it is read afresh.
+fn in_transition(store: &ObservedStore) -> bool {
+    matches!(
+        store.connection_state,
+        ConnectionState::Connecting | ConnectionState::Disconnecting
+    )
+}
+
 impl<K: KeyStores> KeyStores for DescribeCache<K> {
     async fn describe_by_id(&self, id: &str) -> Result<Option<ObservedStore>, KmsError> {
         if self.ttl.is_zero() {
             return self.inner.describe_by_id(id).await;
         }
-        Ok(self.stores().await?.iter().find(|s| s.id == id).cloned())
+        match self.stores().await?.iter().find(|s| s.id == id) {
+            Some(s) if in_transition(s) => self.inner.describe_by_id(id).await,
+            found => Ok(found.cloned()),
+        }
     }
 
     async fn describe_by_name(&self, name: &str) -> Result<Option<ObservedStore>, KmsError> {
         if self.ttl.is_zero() {
             return self.inner.describe_by_name(name).await;
         }
-        Ok(self
-            .stores()
-            .await?
-            .iter()
-            .find(|s| s.name == name)
-            .cloned())
+        match self.stores().await?.iter().find(|s| s.name == name) {
+            Some(s) if in_transition(s) => self.inner.describe_by_name(name).await,
+            found => Ok(found.cloned()),
+        }
     }
 
     async fn describe_all(&self) -> Result<Vec<ObservedStore>, KmsError> {
@@ -134,7 +146,7 @@ impl<K: KeyStores> KeyStores for DescribeCache<K> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{ConnectionState, ProxyConfig};
+    use crate::model::ProxyConfig;
     use std::sync::Mutex;
     use std::sync::atomic::AtomicUsize;
 
@@ -282,8 +294,39 @@ mod tests {
         assert_eq!(cache.inner().describe_all.load(Ordering::SeqCst), 3);
 
         assert!(cache.disconnect(&id).await.is_err());
-        let _ = cache.describe_by_id(&id).await;
+        let _ = cache.describe_by_id("cks-1").await;
         assert_eq!(cache.inner().describe_all.load(Ordering::SeqCst), 4);
+    }
+
+    #[tokio::test]
+    async fn a_store_in_transition_is_read_afresh_so_waits_are_not_stretched() {
+        let cache = DescribeCache::new(Counting::with(two_stores()), Duration::from_secs(10));
+        cache.connect("cks-2").await.expect("connect");
+        let state = |s: Result<Option<ObservedStore>, KmsError>| {
+            s.ok().flatten().map(|s| s.connection_state)
+        };
+        assert_eq!(
+            state(cache.describe_by_id("cks-2").await),
+            Some(ConnectionState::Connecting)
+        );
+        // KMS finishes connecting; the listing (fresh, within its TTL) still
+        // says CONNECTING, but the waiting step sees CONNECTED.
+        for s in cache.inner().stores.lock().expect("lock").iter_mut() {
+            s.connection_state = ConnectionState::Connected;
+        }
+        assert_eq!(
+            state(cache.describe_by_id("cks-2").await),
+            Some(ConnectionState::Connected)
+        );
+        assert_eq!(
+            state(cache.describe_by_name("ledger").await),
+            Some(ConnectionState::Connected)
+        );
+        assert_eq!(cache.inner().describe_all.load(Ordering::SeqCst), 1);
+        assert_eq!(cache.inner().describe_one.load(Ordering::SeqCst), 3);
+        // Steady stores still come from the listing.
+        let _ = cache.describe_by_id("cks-1").await;
+        assert_eq!(cache.inner().describe_one.load(Ordering::SeqCst), 3);
     }
 
     #[tokio::test]
