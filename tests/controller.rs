@@ -189,11 +189,16 @@ impl KeyStores for FakeKms {
 #[derive(Clone, Default)]
 struct FakeProbe {
     calls: Arc<AtomicUsize>,
+    /// The proxy rejects the credential (401).
+    rejects: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl ProxyProbe for FakeProbe {
     async fn health(&self, _: &ProxyTarget) -> Result<HealthReport, ProbeError> {
         self.calls.fetch_add(1, Ordering::SeqCst);
+        if self.rejects.load(Ordering::SeqCst) {
+            return Err(ProbeError::AuthenticationFailed);
+        }
         Ok(HealthReport {
             fleet_size: 1,
             proxy_vendor: "test".into(),
@@ -1178,4 +1183,60 @@ async fn the_controller_runs_the_real_kms_adapter_against_the_emulator() {
     assert!(!text.contains(SECRET));
     task.abort();
     emu.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_failed_step_is_a_warning_event_with_its_category_and_the_step_name() {
+    let h = Harness::new(
+        resource(json!({}), with_finalizer(), None),
+        FakeKms::default(),
+    );
+    h.probe.rejects.store(true, Ordering::SeqCst);
+    let action = h.pass().await;
+    assert_ne!(
+        action,
+        Action::await_change(),
+        "a stall is looked at again later"
+    );
+    assert_eq!(
+        h.kms.mutations(),
+        0,
+        "nothing is created behind a failed preflight"
+    );
+    let failed: Vec<Value> = h
+        .events()
+        .into_iter()
+        .filter(|e| e["type"] == "Warning")
+        .collect();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0]["reason"], "ProxyCredentialRejected");
+    assert_eq!(failed[0]["action"], "Preflight");
+    assert!(
+        failed[0]["note"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("Preflight failed: "),
+        "{failed:?}"
+    );
+    let text = h.ctx.metrics.render().expect("metrics");
+    assert!(
+        text.contains(
+            "xks_operator_reconcile_failures_total{reason=\"ProxyCredentialRejected\"} 1"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("xks_operator_step_duration_seconds_count{step=\"Preflight\"} 1"),
+        "{text}"
+    );
+
+    // Looked at again, still stalled: no second Warning for the same stall.
+    h.api.clear_calls();
+    h.pass().await;
+    assert!(
+        h.events().iter().all(|e| e["type"] != "Warning"),
+        "{:?}",
+        h.events()
+    );
+    h.assert_secret_never_sent();
 }

@@ -204,7 +204,9 @@ impl<'a> StatusWriter<'a> {
             .filter(|c| c.status == "True");
         if let Some(c) = stalled
             && !step_failed
-            && stalled_before.map(|b| (&b.reason, &b.message)) != Some((&c.reason, &c.message))
+            // The reason, not the message: the same stall is reworded
+            // (e.g. "the last attempt ended Failed: ...") on later passes.
+            && stalled_before.map(|b| &b.reason) != Some(&c.reason)
         {
             self.event(EventType::Warning, &c.reason, "Reconcile", &c.message)
                 .await;
