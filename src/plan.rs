@@ -389,6 +389,22 @@ mod tests {
         }
     }
 
+    /// Input with no operation recorded.
+    fn fresh<'a>(
+        desired: &'a Desired,
+        observed: Option<&'a ObservedStore>,
+        applied_fingerprint: Option<&'a str>,
+        deleting: bool,
+    ) -> PlanInput<'a> {
+        PlanInput {
+            desired,
+            observed,
+            applied_fingerprint,
+            recorded: None,
+            deleting,
+        }
+    }
+
     fn start_steps(decision: Decision) -> Vec<StepName> {
         match decision {
             Decision::Start(op) => op.steps,
@@ -400,13 +416,7 @@ mod tests {
     fn in_sync_store_needs_nothing() {
         let d = desired();
         let s = observed_from(&d, ConnectionState::Connected);
-        let input = PlanInput {
-            desired: &d,
-            observed: Some(&s),
-            applied_fingerprint: Some("fp1"),
-            recorded: None,
-            deleting: false,
-        };
+        let input = fresh(&d, Some(&s), Some("fp1"), false);
         assert_eq!(decide(&input), Decision::InSync);
     }
 
@@ -415,13 +425,7 @@ mod tests {
         let mut d = desired();
         let s = observed_from(&d, ConnectionState::Connected);
         d.proxy.uri_endpoint = "https://xks-b.example.com".into();
-        let input = PlanInput {
-            desired: &d,
-            observed: Some(&s),
-            applied_fingerprint: Some("fp1"),
-            recorded: None,
-            deleting: false,
-        };
+        let input = fresh(&d, Some(&s), Some("fp1"), false);
         let Decision::Start(op) = decide(&input) else {
             panic!("expected an operation")
         };
@@ -444,13 +448,7 @@ mod tests {
         let mut d = desired();
         let s = observed_from(&d, ConnectionState::Connected);
         d.credential_fingerprint = "fp2".into();
-        let input = PlanInput {
-            desired: &d,
-            observed: Some(&s),
-            applied_fingerprint: Some("fp1"),
-            recorded: None,
-            deleting: false,
-        };
+        let input = fresh(&d, Some(&s), Some("fp1"), false);
         assert_eq!(
             start_steps(decide(&input)),
             vec![StepName::Preflight, StepName::Update]
@@ -462,13 +460,7 @@ mod tests {
         let mut d = desired();
         let s = observed_from(&d, ConnectionState::Connected);
         d.name = "payments-eu".into();
-        let input = PlanInput {
-            desired: &d,
-            observed: Some(&s),
-            applied_fingerprint: Some("fp1"),
-            recorded: None,
-            deleting: false,
-        };
+        let input = fresh(&d, Some(&s), Some("fp1"), false);
         assert_eq!(start_steps(decide(&input)), vec![StepName::Update]);
     }
 
@@ -476,13 +468,7 @@ mod tests {
     fn failed_store_is_disconnected_before_reconnecting() {
         let d = desired();
         let s = observed_from(&d, ConnectionState::Failed);
-        let input = PlanInput {
-            desired: &d,
-            observed: Some(&s),
-            applied_fingerprint: Some("fp1"),
-            recorded: None,
-            deleting: false,
-        };
+        let input = fresh(&d, Some(&s), Some("fp1"), false);
         let Decision::Start(op) = decide(&input) else {
             panic!()
         };
@@ -493,13 +479,7 @@ mod tests {
     #[test]
     fn missing_store_is_created_then_connected() {
         let d = desired();
-        let input = PlanInput {
-            desired: &d,
-            observed: None,
-            applied_fingerprint: None,
-            recorded: None,
-            deleting: false,
-        };
+        let input = fresh(&d, None, None, false);
         assert_eq!(
             start_steps(decide(&input)),
             vec![StepName::Preflight, StepName::Create, StepName::Connect]
@@ -510,13 +490,7 @@ mod tests {
     fn pinned_id_that_does_not_exist_is_refused_not_created() {
         let mut d = desired();
         d.pinned_id = Some("cks-1111111111111111a".into());
-        let input = PlanInput {
-            desired: &d,
-            observed: None,
-            applied_fingerprint: None,
-            recorded: None,
-            deleting: false,
-        };
+        let input = fresh(&d, None, None, false);
         assert!(matches!(
             decide(&input),
             Decision::Refuse {
@@ -532,13 +506,7 @@ mod tests {
         let mut s = observed_from(&d, ConnectionState::Connected);
         s.store_type = "AWS_CLOUDHSM".into();
         s.proxy = None;
-        let input = PlanInput {
-            desired: &d,
-            observed: Some(&s),
-            applied_fingerprint: Some("fp1"),
-            recorded: None,
-            deleting: false,
-        };
+        let input = fresh(&d, Some(&s), Some("fp1"), false);
         assert!(matches!(
             decide(&input),
             Decision::Refuse {
@@ -552,13 +520,7 @@ mod tests {
     fn adopted_store_gets_its_credential_pushed_once() {
         let d = desired();
         let s = observed_from(&d, ConnectionState::Connected);
-        let input = PlanInput {
-            desired: &d,
-            observed: Some(&s),
-            applied_fingerprint: None,
-            recorded: None,
-            deleting: false,
-        };
+        let input = fresh(&d, Some(&s), None, false);
         assert_eq!(
             start_steps(decide(&input)),
             vec![StepName::Preflight, StepName::Update]
@@ -616,13 +578,7 @@ mod tests {
     fn deletion_policies() {
         let d = desired();
         let s = observed_from(&d, ConnectionState::Connected);
-        let input = PlanInput {
-            desired: &d,
-            observed: Some(&s),
-            applied_fingerprint: Some("fp1"),
-            recorded: None,
-            deleting: true,
-        };
+        let input = fresh(&d, Some(&s), Some("fp1"), true);
         assert_eq!(decide(&input), Decision::Release);
         let mut deleting = d.clone();
         deleting.deletion_policy = DeletionPolicy::Delete;
