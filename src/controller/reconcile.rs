@@ -9,6 +9,7 @@ use crate::api::{
 };
 use crate::engine::conditions::{self, STALLED, Summary};
 use crate::engine::{Clock, EngineError, Outcome, Request, SinkError, StatusSink, SystemClock};
+use crate::error::ErrorCategory;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
@@ -114,16 +115,17 @@ pub async fn reconcile<B: Backend>(
     else {
         let message = "no AWS Region: set spec.region, or give the operator one (AWS_REGION or its AWS configuration)";
         status.observed_generation = generation;
+        let reason = ErrorCategory::InvalidSpec.reason();
         conditions::set(
             &mut status,
             Summary::Stalled,
-            "InvalidSpec",
+            reason,
             message,
             generation,
             &SystemClock.now(),
         );
         sink.write(&status).await?;
-        ctx.metrics.failed("InvalidSpec");
+        ctx.metrics.failed(reason);
         return Ok(Action::await_change());
     };
 
@@ -160,7 +162,7 @@ pub async fn reconcile<B: Backend>(
                 EventType::Normal,
                 "Released",
                 "Delete",
-                "deletionPolicy is Delete: the store was deleted from KMS",
+                "deletionPolicy is Delete: the store is deleted from KMS (or was already gone)",
             )
             .await;
             tracing::info!(%namespace, %name, "released (deletionPolicy Delete)");
