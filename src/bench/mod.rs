@@ -12,6 +12,7 @@
 //! the CPU it burns can be told apart from the operator's (see [`cpu`]).
 
 mod cpu;
+pub mod fresh_cache;
 
 use crate::api::{ExternalKeyStore, ExternalKeyStoreStatus, StepName, StepState};
 use crate::controller::describe_cache::DescribeCache;
@@ -73,7 +74,7 @@ pub struct BenchArgs {
     pub only: Option<Vec<String>>,
     /// Throughput without the describe cache only up to this many stores
     /// (it costs about one second per store).
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 10)]
     pub direct_max: usize,
 }
 
@@ -156,6 +157,8 @@ pub struct Throughput {
     /// that N creates and N connects can pass KMS's quota.
     pub quota_minimum_s: f64,
     pub ratio: f64,
+    /// The same minimum at the client-side rate (burst 1).
+    pub client_minimum_s: f64,
     pub throttled_by_kms: u64,
     pub throttles_seen_by_engine: u64,
     pub failed: usize,
@@ -224,6 +227,19 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             .await?,
         );
         if plan.controller_defaults {
+            for factor in [2, 4] {
+                let poll = Duration::from_millis(args.poll_ms * factor);
+                report.disruption.push(
+                    disruption(
+                        &args,
+                        &plan,
+                        "tuned: describe cache (TTL = poll / 2)",
+                        poll,
+                        poll / 2,
+                    )
+                    .await?,
+                );
+            }
             progress(&args, "disruption window, controller defaults");
             let defaults = crate::controller::Settings::default();
             report.disruption.push(
@@ -240,31 +256,43 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     let largest = plan.sizes.iter().copied().max().unwrap_or(0);
     for &n in plan.sizes.iter().filter(|_| wanted("throughput")) {
+        let ttl = Duration::from_secs(1);
+        let rate = args.client_rate;
+        let mut runs = Vec::new();
         if n <= args.direct_max {
-            progress(&args, &format!("throughput, {n} stores, no cache"));
+            runs.push((Cache::None, rate));
+        }
+        runs.push((Cache::Shared(ttl), rate));
+        if !args.quick && rate < KMS_QUOTA_PER_SECOND {
+            // Can the quota minimum itself be reached? Only at KMS's rate.
+            runs.push((Cache::PerStore(ttl), KMS_QUOTA_PER_SECOND));
+        }
+        runs.push((Cache::PerStore(ttl), rate));
+        let last = runs.len() - 1;
+        for (i, (cache, rate)) in runs.into_iter().enumerate() {
+            progress(
+                &args,
+                &format!("throughput, {n} stores, {}, {rate}/s", cache.label()),
+            );
             let fleet = Fleet::start(n, plan.transition).await?;
+            let before = cpu::sample();
+            let started = Instant::now();
             report
                 .throughput
-                .push(fleet.create_all(&args, Duration::ZERO).await?);
+                .push(fleet.create_all(&args, cache, rate).await?);
+            if i == last {
+                progress(&args, &format!("steady state, {n} stores"));
+                report.steady_state.push(fleet.drift_round(None).await?);
+                report
+                    .steady_state
+                    .push(fleet.drift_round(Some(Duration::from_secs(10))).await?);
+                if n == largest {
+                    let after = cpu::sample();
+                    report.cost = Some(Cost::between(n, &before, &after, started.elapsed()));
+                }
+            }
             fleet.stop();
         }
-        progress(&args, &format!("throughput, {n} stores, describe cache"));
-        let fleet = Fleet::start(n, plan.transition).await?;
-        let before = cpu::sample();
-        let started = Instant::now();
-        report
-            .throughput
-            .push(fleet.create_all(&args, Duration::from_secs(1)).await?);
-        progress(&args, &format!("steady state, {n} stores"));
-        report.steady_state.push(fleet.drift_round(None).await?);
-        report
-            .steady_state
-            .push(fleet.drift_round(Some(Duration::from_secs(10))).await?);
-        if n == largest {
-            let after = cpu::sample();
-            report.cost = Some(Cost::between(n, &before, &after, started.elapsed()));
-        }
-        fleet.stop();
     }
 
     if args.json {
@@ -492,6 +520,26 @@ fn median(values: &[f64]) -> f64 {
     }
 }
 
+/// Which describe cache the engine sees.
+#[derive(Clone, Copy, Debug)]
+enum Cache {
+    None,
+    /// `controller::describe_cache::DescribeCache`, as `run` uses it.
+    Shared(Duration),
+    /// The per-store freshness prototype of [`fresh_cache`].
+    PerStore(Duration),
+}
+
+impl Cache {
+    fn label(self) -> String {
+        match self {
+            Self::None => "no describe cache".into(),
+            Self::Shared(ttl) => format!("shared DescribeCache, TTL {}s", ttl.as_secs_f64()),
+            Self::PerStore(ttl) => format!("per-store freshness, TTL {}s", ttl.as_secs_f64()),
+        }
+    }
+}
+
 /// N stores, each with its own emulated proxy (KMS wants endpoint + path
 /// unique per account and Region), and their statuses.
 struct Fleet {
@@ -546,23 +594,54 @@ impl Fleet {
     async fn create_all(
         &self,
         args: &BenchArgs,
-        cache_ttl: Duration,
+        cache: Cache,
+        rate: f64,
+    ) -> anyhow::Result<Throughput> {
+        let kms = AwsKeyStores::for_endpoint(&self.hosted.emu.kms_endpoint(), "us-east-1")
+            .with_rate_limit(rate);
+        let options = EngineOptions {
+            poll_interval: Duration::from_secs(1),
+            ..EngineOptions::default()
+        };
+        let probe = probe(&self.hosted.emu)?;
+        match cache {
+            Cache::None => {
+                let engine = Engine::new(kms.clone(), probe, "us-east-1", options);
+                self.measure_creates(args, &engine, &kms, cache, rate).await
+            }
+            Cache::Shared(ttl) => {
+                let engine = Engine::new(
+                    DescribeCache::new(kms.clone(), ttl),
+                    probe,
+                    "us-east-1",
+                    options,
+                );
+                self.measure_creates(args, &engine, &kms, cache, rate).await
+            }
+            Cache::PerStore(ttl) => {
+                let engine = Engine::new(
+                    fresh_cache::FreshCache::new(kms.clone(), ttl),
+                    probe,
+                    "us-east-1",
+                    options,
+                );
+                self.measure_creates(args, &engine, &kms, cache, rate).await
+            }
+        }
+    }
+
+    async fn measure_creates<K: KeyStores, P: crate::xks::ProxyProbe>(
+        &self,
+        args: &BenchArgs,
+        engine: &Engine<K, P>,
+        kms: &AwsKeyStores,
+        cache: Cache,
+        rate: f64,
     ) -> anyhow::Result<Throughput> {
         let n = self.resources.len();
-        let kms = AwsKeyStores::for_endpoint(&self.hosted.emu.kms_endpoint(), "us-east-1")
-            .with_rate_limit(args.client_rate);
-        let engine = Engine::new(
-            DescribeCache::new(kms.clone(), cache_ttl),
-            probe(&self.hosted.emu)?,
-            "us-east-1",
-            EngineOptions {
-                poll_interval: Duration::from_secs(1),
-                ..EngineOptions::default()
-            },
-        );
         self.control().reset_stats();
         let started = Instant::now();
-        let outcomes = self.reconcile_all(&engine, args.concurrency.max(1)).await;
+        let outcomes = self.reconcile_all(engine, args.concurrency.max(1)).await;
         let elapsed = started.elapsed().as_secs_f64();
         let failed = outcomes
             .iter()
@@ -585,17 +664,18 @@ impl Fleet {
         let quota_minimum_s =
             (n as f64 - KMS_BURST).max(0.0) / KMS_QUOTA_PER_SECOND + self.transition.as_secs_f64();
         Ok(Throughput {
-            config: if cache_ttl.is_zero() {
-                "no describe cache".into()
-            } else {
-                format!("describe cache, TTL {}s", cache_ttl.as_secs_f64())
-            },
+            config: format!("{}, client {rate}/s", cache.label()),
             stores: n,
             concurrency: args.concurrency,
-            client_rate: args.client_rate,
+            client_rate: rate,
             elapsed_s: elapsed,
             quota_minimum_s,
             ratio: elapsed / quota_minimum_s,
+            client_minimum_s: if rate > 0.0 {
+                (n as f64 - 1.0).max(0.0) / rate + self.transition.as_secs_f64()
+            } else {
+                0.0
+            },
             throttled_by_kms,
             throttles_seen_by_engine,
             failed,
@@ -756,12 +836,13 @@ impl Report {
         }
         out.push_str("\nTHROUGHPUT (create + connect N stores, KMS quota 5/s per operation)\n");
         out.push_str(&format!(
-            "{:<28} {:>6} {:>9} {:>9} {:>6} {:>10} {:>10} {:>7} {:>10}\n",
+            "{:<50} {:>6} {:>9} {:>9} {:>6} {:>10} {:>10} {:>10} {:>7} {:>10}\n",
             "config",
             "stores",
             "elapsed",
             "minimum",
             "ratio",
+            "min@client",
             "throttled",
             "eng.retry",
             "failed",
@@ -769,12 +850,13 @@ impl Report {
         ));
         for t in &self.throughput {
             out.push_str(&format!(
-                "{:<28} {:>6} {:>8.1}s {:>8.1}s {:>6.2} {:>10} {:>10} {:>7} {:>10.1}\n",
+                "{:<50} {:>6} {:>8.1}s {:>8.1}s {:>6.2} {:>9.1}s {:>10} {:>10} {:>7} {:>10.1}\n",
                 t.config,
                 t.stores,
                 t.elapsed_s,
                 t.quota_minimum_s,
                 t.ratio,
+                t.client_minimum_s,
                 t.throttled_by_kms,
                 t.throttles_seen_by_engine,
                 t.failed,
@@ -783,12 +865,12 @@ impl Report {
         }
         out.push_str("\nSTEADY STATE (KMS calls of one drift check of every store)\n");
         out.push_str(&format!(
-            "{:<28} {:>6} {:>10} {:>8} {:>8}\n",
+            "{:<34} {:>6} {:>10} {:>8} {:>8}\n",
             "config", "stores", "describes", "other", "in sync"
         ));
         for s in &self.steady_state {
             out.push_str(&format!(
-                "{:<28} {:>6} {:>10} {:>8} {:>8}\n",
+                "{:<34} {:>6} {:>10} {:>8} {:>8}\n",
                 s.config, s.stores, s.describe_calls, s.other_kms_calls, s.in_sync
             ));
         }
@@ -840,7 +922,7 @@ impl Report {
         }
         out.push_str("\n## Create and connect N stores under the KMS quota\n\n");
         out.push_str(&format!("The emulator enforces 5 requests/s per operation (token bucket, burst 5) on every operation. {} reconciles at a time, each calling `Engine::reconcile` and sleeping its requeue delays outside the limit (as the controller does). Minimum = (N − 5) / 5 s + the emulated CONNECTING time: N creates and N connects each need N/5 s of quota and overlap. `throttled` counts ThrottlingExceptions the emulator answered (SDK retries included); `engine retries` those that reached the engine.\n\n", args.concurrency));
-        out.push_str("| configuration | stores | elapsed | minimum | ratio | throttled | engine retries | failed | Describe calls per store | calls by operation |\n|---|---|---|---|---|---|---|---|---|---|\n");
+        out.push_str("| configuration | stores | elapsed | minimum (KMS 5/s) | ratio | minimum at the client rate | throttled | engine retries | failed | Describe calls per store | calls by operation |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
         for t in &self.throughput {
             let calls: Vec<String> = t
                 .calls
@@ -854,12 +936,13 @@ impl Report {
                 })
                 .collect();
             out.push_str(&format!(
-                "| {} | {} | {:.1} s | {:.1} s | {:.2} | {} | {} | {} | {:.1} | {} |\n",
+                "| {} | {} | {:.1} s | {:.1} s | **{:.2}** | {:.1} s | {} | {} | {} | {:.1} | {} |\n",
                 t.config,
                 t.stores,
                 t.elapsed_s,
                 t.quota_minimum_s,
                 t.ratio,
+                t.client_minimum_s,
                 t.throttled_by_kms,
                 t.throttles_seen_by_engine,
                 t.failed,
