@@ -613,3 +613,55 @@ async fn failed_reconnect_without_rollback_names_the_connection_error() {
         Some(OperationPhase::Failed)
     );
 }
+
+#[tokio::test]
+async fn deletion_needs_no_credential_and_waits_while_suspended() {
+    let h = harness().await;
+    let (mut res, status) = created(&h).await;
+    res.spec.deletion_policy = xks_operator::api::DeletionPolicy::Delete;
+    res.spec.suspend = true;
+    // The Secret was pruned together with the resource.
+    let missing = Err(xks_operator::credentials::CredentialError::SecretNotFound(
+        "default/cred".into(),
+    ));
+    let mut suspended = status.clone();
+    let req = Request {
+        resource: &res,
+        credential: missing.clone(),
+        approved: false,
+        deleting: true,
+        requested_at: None,
+    };
+    let outcome = settle(
+        &h.engine,
+        &req,
+        &mut suspended,
+        &mut Recorder::default(),
+        Duration::from_secs(30),
+    )
+    .await
+    .expect("settles");
+    assert_eq!(outcome, Outcome::Suspended);
+    assert_eq!(kms_view(&h).await.len(), 1, "suspended: KMS untouched");
+
+    res.spec.suspend = false;
+    let req = Request {
+        resource: &res,
+        credential: missing,
+        approved: false,
+        deleting: true,
+        requested_at: None,
+    };
+    let mut deleting = status.clone();
+    let outcome = settle(
+        &h.engine,
+        &req,
+        &mut deleting,
+        &mut Recorder::default(),
+        Duration::from_secs(30),
+    )
+    .await
+    .expect("settles");
+    assert_eq!(outcome, Outcome::Released);
+    assert!(kms_view(&h).await.is_empty(), "deleted without the Secret");
+}

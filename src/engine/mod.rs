@@ -155,7 +155,10 @@ impl<K: KeyStores, P: ProxyProbe> Engine<K, P> {
         let generation = res.metadata.generation;
         let now = self.clock.now();
 
-        if res.spec.suspend && !req.deleting {
+        // Suspend wins even over deletion: it is how a person stops the
+        // operator from touching KMS, e.g. during an incident. A deleted
+        // resource with deletionPolicy Delete waits until it is resumed.
+        if res.spec.suspend {
             status.observed_generation = generation;
             conditions::set(
                 status,
@@ -198,6 +201,16 @@ impl<K: KeyStores, P: ProxyProbe> Engine<K, P> {
         }
         let credential = match &req.credential {
             Ok(c) => c.clone(),
+            // Disconnect and delete need no credential, and GitOps pruning
+            // often deletes the Secret together with the resource.
+            Err(_) if req.deleting => ProxyCredential::new(
+                status
+                    .proxy
+                    .as_ref()
+                    .map(|p| p.access_key_id.clone())
+                    .unwrap_or_default(),
+                "",
+            ),
             Err(e) => {
                 return self
                     .stall(
