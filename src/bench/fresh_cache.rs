@@ -151,3 +151,108 @@ impl<K: KeyStores> KeyStores for FreshCache<K> {
         self.inner.list_store_keys(id).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ProxyCredential;
+    use std::sync::atomic::AtomicUsize;
+
+    /// Counts listings; Connect flips the store to CONNECTING.
+    #[derive(Default)]
+    struct Fake {
+        listings: AtomicUsize,
+        stores: Mutex<Vec<ObservedStore>>,
+    }
+
+    fn store(id: &str) -> ObservedStore {
+        ObservedStore {
+            id: id.into(),
+            name: format!("name-{id}"),
+            store_type: "EXTERNAL_KEY_STORE".into(),
+            connection_state: crate::model::ConnectionState::Disconnected,
+            connection_error_code: None,
+            proxy: None,
+        }
+    }
+
+    impl KeyStores for Fake {
+        async fn describe_by_id(&self, _: &str) -> Result<Option<ObservedStore>, KmsError> {
+            unreachable!("the cache lists")
+        }
+        async fn describe_by_name(&self, _: &str) -> Result<Option<ObservedStore>, KmsError> {
+            unreachable!("the cache lists")
+        }
+        async fn describe_all(&self) -> Result<Vec<ObservedStore>, KmsError> {
+            self.listings.fetch_add(1, Ordering::SeqCst);
+            Ok(self.stores.lock().expect("lock").clone())
+        }
+        async fn create(&self, req: &CreateStore) -> Result<String, KmsError> {
+            let mut s = store("new");
+            s.name = req.name.clone();
+            self.stores.lock().expect("lock").push(s);
+            Ok("new".into())
+        }
+        async fn update(&self, _: &UpdateStore) -> Result<(), KmsError> {
+            Ok(())
+        }
+        async fn connect(&self, id: &str) -> Result<(), KmsError> {
+            for s in self.stores.lock().expect("lock").iter_mut() {
+                if s.id == id {
+                    s.connection_state = crate::model::ConnectionState::Connecting;
+                }
+            }
+            Ok(())
+        }
+        async fn disconnect(&self, _: &str) -> Result<(), KmsError> {
+            Ok(())
+        }
+        async fn delete(&self, _: &str) -> Result<(), KmsError> {
+            Ok(())
+        }
+        async fn list_store_keys(&self, _: &str) -> Result<Vec<StoreKey>, KmsError> {
+            Ok(Vec::new())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_mutation_makes_only_its_store_stale() {
+        let fake = Fake::default();
+        fake.stores
+            .lock()
+            .expect("lock")
+            .extend([store("a"), store("b")]);
+        let cache = FreshCache::new(fake, Duration::from_secs(60));
+        let listings = |c: &FreshCache<Fake>| c.inner.listings.load(Ordering::SeqCst);
+        assert!(cache.describe_by_id("a").await.expect("a").is_some());
+        assert_eq!(listings(&cache), 1);
+
+        cache.connect("a").await.expect("connect");
+        // Another store is served from the listing taken before.
+        assert!(cache.describe_by_id("b").await.expect("b").is_some());
+        assert_eq!(listings(&cache), 1);
+        // The mutated one is looked up afresh and shows the change.
+        let a = cache.describe_by_id("a").await.expect("a").expect("exists");
+        assert_eq!(
+            a.connection_state,
+            crate::model::ConnectionState::Connecting
+        );
+        assert_eq!(listings(&cache), 2);
+
+        // A create is seen by name at once.
+        let req = CreateStore {
+            name: "fresh".into(),
+            proxy: crate::model::ProxyConfig::default(),
+            credential: ProxyCredential::new("A", "B"),
+        };
+        cache.create(&req).await.expect("create");
+        assert!(
+            cache
+                .describe_by_name("fresh")
+                .await
+                .expect("by name")
+                .is_some()
+        );
+        assert_eq!(listings(&cache), 3);
+    }
+}
