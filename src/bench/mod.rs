@@ -914,7 +914,7 @@ impl Report {
         }
         if let Some(d) = self.disruption.iter().find(|d| d.config.contains("`run`")) {
             out.push_str(&format!(
-                "- With `xks-operator run`'s defaults (poll {} s, describe cache TTL {} s) the overhead is {:.2} s: the cache answers the polls with a stale listing.\n",
+                "- With `xks-operator run`'s defaults (poll {} s, describe cache TTL {} s) the overhead is {:.2} s.\n",
                 d.poll_interval_ms / 1000,
                 d.describe_cache_ttl_ms / 1000,
                 d.overhead_s
