@@ -84,7 +84,7 @@ pub struct ExternalKeyStoreSpec {
 
     /// Interval of the drift check against KMS, e.g. `5m`, `30s`, `1h`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("self.matches('^[0-9]+(s|m|h)$')").message("driftInterval must be a number followed by s, m or h, e.g. 5m"))]
+    #[x_kube(validation = Rule::new("self.matches('^[1-9][0-9]{0,5}(s|m|h)$')").message("driftInterval must be a positive number (at most 6 digits) followed by s, m or h, e.g. 5m"))]
     pub drift_interval: Option<String>,
 
     /// Stop all reconciliation (checked before any AWS call).
@@ -146,9 +146,13 @@ pub struct CredentialsSecretRef {
     pub name: String,
     /// Key of the access key id in the Secret (default `accessKeyId`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new("self.matches('^[-._a-zA-Z0-9]+$')").message("accessKeyIdKey must be a Secret key: letters, digits, '-', '_' and '.'"))]
     pub access_key_id_key: Option<String>,
     /// Key of the secret access key in the Secret (default `secretAccessKey`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new("self.matches('^[-._a-zA-Z0-9]+$')").message("secretAccessKeyKey must be a Secret key: letters, digits, '-', '_' and '.'"))]
     pub secret_access_key_key: Option<String>,
 }
 

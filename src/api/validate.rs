@@ -20,7 +20,9 @@ static ACCOUNT: LazyLock<Regex> =
 static REGION: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"^[a-z]{2}(-[a-z]+)+-[0-9]+$").expect("static regex"));
 static DURATION: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"^[0-9]+(s|m|h)$").expect("static regex"));
+    LazyLock::new(|| Regex::new(r"^[1-9][0-9]{0,5}(s|m|h)$").expect("static regex"));
+static SECRET_KEY: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"^[-._a-zA-Z0-9]{1,253}$").expect("static regex"));
 
 fn check_len(field: &str, value: &str, min: usize, max: usize) -> Result<(), String> {
     let n = value.chars().count();
@@ -48,7 +50,10 @@ pub fn validate_spec(spec: &ExternalKeyStoreSpec) -> Result<(), String> {
     if let Some(interval) = &spec.drift_interval
         && !DURATION.is_match(interval)
     {
-        return Err("driftInterval must be a number followed by s, m or h, e.g. 5m".to_string());
+        return Err(
+            "driftInterval must be a positive number (at most 6 digits) followed by s, m or h, e.g. 5m"
+                .to_string(),
+        );
     }
     let proxy = &spec.proxy;
     check_len("proxy.uriEndpoint", &proxy.uri_endpoint, 10, 128)?;
@@ -92,6 +97,19 @@ pub fn validate_spec(spec: &ExternalKeyStoreSpec) -> Result<(), String> {
             }
         }
         (ConnectivitySpec::PublicEndpoint, None) => {}
+    }
+    let secret_ref = &proxy.credentials_secret_ref;
+    for (field, key) in [
+        ("accessKeyIdKey", &secret_ref.access_key_id_key),
+        ("secretAccessKeyKey", &secret_ref.secret_access_key_key),
+    ] {
+        if let Some(key) = key
+            && !SECRET_KEY.is_match(key)
+        {
+            return Err(format!(
+                "{field} must be a Secret key: letters, digits, '-', '_' and '.'"
+            ));
+        }
     }
     check_len(
         "proxy.credentialsSecretRef.name",

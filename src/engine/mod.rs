@@ -46,7 +46,11 @@ pub struct EngineOptions {
 impl Default for EngineOptions {
     fn default() -> Self {
         Self {
-            poll_interval: Duration::from_secs(5),
+            // Every poll of a store in transition adds up to this much to
+            // the time its keys are unusable (BENCHMARKS.md: 5 s cost ~8 s
+            // per rotation); 1 s costs one describe per second per store
+            // in transition, well under the quota.
+            poll_interval: Duration::from_secs(1),
             backoff_base: Duration::from_secs(2),
             backoff_max: Duration::from_secs(300),
             max_proxy_attempts: 3,
