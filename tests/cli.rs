@@ -88,8 +88,13 @@ async fn plan_and_reconcile_from_files() {
             .await
             .expect("join");
     assert_eq!(plan.code, 0, "{}", plan.out);
-    assert!(plan.out.contains("no store in KMS yet"), "{}", plan.out);
+    assert!(
+        plan.out.contains("no store named \"payments\" in KMS yet"),
+        "{}",
+        plan.out
+    );
     assert!(plan.out.contains("Create"), "{}", plan.out);
+    assert!(plan.out.contains("creates a new store"), "{}", plan.out);
 
     let mut args = vec!["reconcile", "-f"];
     let store = examples("public-endpoint.yaml").display().to_string();

@@ -128,8 +128,12 @@ pub async fn plan_command(
         });
         match &observed {
             Some(s) => println!("  store {} ({}) is {}", s.id, s.name, s.connection_state),
+            None if store.spec.key_store_id.is_some() => {
+                println!("  the pinned store is not in KMS")
+            }
             None => println!(
-                "  no store in KMS yet (a renamed store is recognised only through its status.keyStoreId or spec.keyStoreId)"
+                "  no store named {:?} in KMS yet (a renamed store is recognised only through its status.keyStoreId or spec.keyStoreId)",
+                store.key_store_name()
             ),
         }
         match decision {
@@ -148,6 +152,8 @@ pub async fn plan_command(
                     println!(
                         "  DISRUPTIVE: the store is disconnected from Disconnect until Connect completes; its KMS keys cannot be used meanwhile"
                     );
+                } else if op.steps.contains(&crate::api::StepName::Create) {
+                    println!("  creates a new store: nothing existing is disrupted");
                 } else {
                     println!("  online: the store stays usable");
                 }
