@@ -3,14 +3,19 @@
 //! `DescribeCustomKeyStores` listing instead of one call each: KMS allows
 //! only a few describe calls per second per account.
 //!
-//! Any mutating call invalidates the listing, so the engine sees its own
-//! changes at once; changes made by others show after at most the TTL. A
-//! store in transition (CONNECTING, DISCONNECTING) is always read afresh.
+//! A mutating call makes only the store it touched stale: a lookup of that
+//! store needs a listing started after the call, so the engine sees its own
+//! changes at once, while every other store is still served from the
+//! listing (under load some store mutates every few hundred milliseconds,
+//! and invalidating everything would list about as often as no cache).
+//! Changes made by others show after at most the TTL. A store in
+//! transition (CONNECTING, DISCONNECTING) is always read afresh.
 
 use crate::kms::{CreateStore, KeyStores, KmsError, UpdateStore};
 use crate::model::{ConnectionState, ObservedStore, StoreKey};
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub struct DescribeCache<K> {
@@ -19,9 +24,14 @@ pub struct DescribeCache<K> {
     /// Held while listing, so concurrent reconciles wait for one listing
     /// instead of each starting their own.
     listing: tokio::sync::Mutex<Option<Snapshot>>,
-    /// Bumped by every mutating call; a listing started before a bump is
-    /// not kept, as it may predate the change.
+    /// Bumped after every mutating call.
     epoch: AtomicU64,
+    /// Store id or name → the epoch right after its last mutation: only a
+    /// listing started at or after it speaks for that store.
+    touched: Mutex<HashMap<String, u64>>,
+    /// Epoch of the last rename: the old name is not known to the cache,
+    /// so every lookup by name needs a listing started after it.
+    rename_floor: AtomicU64,
 }
 
 struct Snapshot {
@@ -38,6 +48,8 @@ impl<K: KeyStores> DescribeCache<K> {
             ttl,
             listing: tokio::sync::Mutex::new(None),
             epoch: AtomicU64::new(0),
+            touched: Mutex::default(),
+            rename_floor: AtomicU64::new(0),
         }
     }
 
@@ -45,37 +57,56 @@ impl<K: KeyStores> DescribeCache<K> {
         &self.inner
     }
 
-    fn invalidate(&self) {
-        self.epoch.fetch_add(1, Ordering::AcqRel);
+    /// The epoch a listing must have started at to speak for `key`.
+    fn needed(&self, key: &str) -> u64 {
+        // A poisoned lock only means another thread panicked mid-insert:
+        // demand a fresh listing rather than trust the map.
+        self.touched
+            .lock()
+            .map_or(u64::MAX, |t| t.get(key).copied().unwrap_or(0))
     }
 
-    async fn stores(&self) -> Result<Arc<Vec<ObservedStore>>, KmsError> {
+    fn touch(&self, keys: &[&str]) {
+        let epoch = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+        if let Ok(mut touched) = self.touched.lock() {
+            for key in keys {
+                touched.insert((*key).to_string(), epoch);
+            }
+        }
+    }
+
+    /// A listing younger than the TTL that started at or after `needed`;
+    /// returns it with the epoch it started at.
+    async fn stores(&self, needed: u64) -> Result<(Arc<Vec<ObservedStore>>, u64), KmsError> {
         let mut listing = self.listing.lock().await;
-        let epoch = self.epoch.load(Ordering::Acquire);
         if let Some(s) = listing.as_ref()
-            && s.epoch == epoch
+            && s.epoch >= needed
             && s.taken.elapsed() < self.ttl
         {
-            return Ok(s.stores.clone());
+            return Ok((s.stores.clone(), s.epoch));
         }
+        // Read before the request: a mutation completing during the listing
+        // bumps past it, so the listing never speaks for that store.
+        let epoch = self.epoch.load(Ordering::Acquire);
         let taken = Instant::now();
         let stores = Arc::new(self.inner.describe_all().await?);
-        *listing = (self.epoch.load(Ordering::Acquire) == epoch).then(|| Snapshot {
+        *listing = Some(Snapshot {
             taken,
             epoch,
             stores: stores.clone(),
         });
-        Ok(stores)
+        Ok((stores, epoch))
     }
 
-    /// Runs a mutating call and forgets the listing whatever its result
-    /// (a failed call may still have changed something, e.g. on a timeout).
+    /// Runs a mutating call and marks `keys` stale whatever its result (a
+    /// failed call may still have changed something, e.g. on a timeout).
     async fn mutate<T>(
         &self,
+        keys: &[&str],
         call: impl Future<Output = Result<T, KmsError>>,
     ) -> Result<T, KmsError> {
         let result = call.await;
-        self.invalidate();
+        self.touch(keys);
         result
     }
 }
@@ -95,7 +126,8 @@ impl<K: KeyStores> KeyStores for DescribeCache<K> {
         if self.ttl.is_zero() {
             return self.inner.describe_by_id(id).await;
         }
-        match self.stores().await?.iter().find(|s| s.id == id) {
+        let (stores, _) = self.stores(self.needed(id)).await?;
+        match stores.iter().find(|s| s.id == id) {
             Some(s) if in_transition(s) => self.inner.describe_by_id(id).await,
             found => Ok(found.cloned()),
         }
@@ -105,7 +137,21 @@ impl<K: KeyStores> KeyStores for DescribeCache<K> {
         if self.ttl.is_zero() {
             return self.inner.describe_by_name(name).await;
         }
-        match self.stores().await?.iter().find(|s| s.name == name) {
+        let needed = self
+            .needed(name)
+            .max(self.rename_floor.load(Ordering::Acquire));
+        let (mut stores, epoch) = self.stores(needed).await?;
+        // Mutations are recorded by id too: the store found under this name
+        // must not have changed since the listing started.
+        if let Some(id_needed) = stores
+            .iter()
+            .find(|s| s.name == name)
+            .map(|s| self.needed(&s.id))
+            .filter(|n| *n > epoch)
+        {
+            stores = self.stores(id_needed).await?.0;
+        }
+        match stores.iter().find(|s| s.name == name) {
             Some(s) if in_transition(s) => self.inner.describe_by_name(name).await,
             found => Ok(found.cloned()),
         }
@@ -115,27 +161,39 @@ impl<K: KeyStores> KeyStores for DescribeCache<K> {
         if self.ttl.is_zero() {
             return self.inner.describe_all().await;
         }
-        Ok(self.stores().await?.as_ref().clone())
+        let now = self.epoch.load(Ordering::Acquire);
+        Ok(self.stores(now).await?.0.as_ref().clone())
     }
 
     async fn create(&self, req: &CreateStore) -> Result<String, KmsError> {
-        self.mutate(self.inner.create(req)).await
+        let result = self.inner.create(req).await;
+        match &result {
+            Ok(id) => self.touch(&[&req.name, id]),
+            Err(_) => self.touch(&[&req.name]),
+        }
+        result
     }
 
     async fn update(&self, req: &UpdateStore) -> Result<(), KmsError> {
-        self.mutate(self.inner.update(req)).await
+        let result = self.inner.update(req).await;
+        self.touch(&[&req.id]);
+        if req.new_name.is_some() {
+            self.rename_floor
+                .store(self.epoch.load(Ordering::Acquire), Ordering::Release);
+        }
+        result
     }
 
     async fn connect(&self, id: &str) -> Result<(), KmsError> {
-        self.mutate(self.inner.connect(id)).await
+        self.mutate(&[id], self.inner.connect(id)).await
     }
 
     async fn disconnect(&self, id: &str) -> Result<(), KmsError> {
-        self.mutate(self.inner.disconnect(id)).await
+        self.mutate(&[id], self.inner.disconnect(id)).await
     }
 
     async fn delete(&self, id: &str) -> Result<(), KmsError> {
-        self.mutate(self.inner.delete(id)).await
+        self.mutate(&[id], self.inner.delete(id)).await
     }
 
     async fn list_store_keys(&self, id: &str) -> Result<Vec<StoreKey>, KmsError> {
@@ -294,7 +352,11 @@ mod tests {
         assert_eq!(cache.inner().describe_all.load(Ordering::SeqCst), 3);
 
         assert!(cache.disconnect(&id).await.is_err());
+        // Another store is still served from the listing...
         let _ = cache.describe_by_id("cks-1").await;
+        assert_eq!(cache.inner().describe_all.load(Ordering::SeqCst), 3);
+        // ...the one the failed call touched is listed afresh.
+        let _ = cache.describe_by_id(&id).await;
         assert_eq!(cache.inner().describe_all.load(Ordering::SeqCst), 4);
     }
 
@@ -327,6 +389,22 @@ mod tests {
         // Steady stores still come from the listing.
         let _ = cache.describe_by_id("cks-1").await;
         assert_eq!(cache.inner().describe_one.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_rename_is_seen_by_name_at_once() {
+        let cache = DescribeCache::new(Counting::with(two_stores()), Duration::from_secs(10));
+        let _ = cache.describe_by_id("cks-1").await;
+        cache
+            .update(&UpdateStore {
+                id: "cks-1".into(),
+                new_name: Some("renamed".into()),
+                ..UpdateStore::default()
+            })
+            .await
+            .expect("update");
+        let _ = cache.describe_by_name("renamed").await;
+        assert_eq!(cache.inner().describe_all.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]
