@@ -192,7 +192,11 @@ impl<K: KeyStores, P: ProxyProbe> Engine<K, P> {
             status.last_handled_reconcile_at = Some(requested.clone());
         }
 
-        if let Err(problem) = crate::api::validate::validate_spec(&res.spec) {
+        // An invalid spec must not keep a deleted resource Terminating:
+        // deletion only needs the store the status recorded.
+        if !req.deleting
+            && let Err(problem) = crate::api::validate::validate_spec(&res.spec)
+        {
             return self
                 .stall(
                     status,
