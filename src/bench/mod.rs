@@ -12,7 +12,6 @@
 //! the CPU it burns can be told apart from the operator's (see [`cpu`]).
 
 mod cpu;
-pub mod fresh_cache;
 
 use crate::api::{ExternalKeyStore, ExternalKeyStoreStatus, StepName, StepState};
 use crate::controller::describe_cache::DescribeCache;
@@ -262,12 +261,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         if n <= args.direct_max {
             runs.push((Cache::None, rate));
         }
-        runs.push((Cache::Shared(ttl), rate));
         if !args.quick && rate < KMS_QUOTA_PER_SECOND {
             // Can the quota minimum itself be reached? Only at KMS's rate.
-            runs.push((Cache::PerStore(ttl), KMS_QUOTA_PER_SECOND));
+            runs.push((Cache::Shared(ttl), KMS_QUOTA_PER_SECOND));
         }
-        runs.push((Cache::PerStore(ttl), rate));
+        runs.push((Cache::Shared(ttl), rate));
         let last = runs.len() - 1;
         for (i, (cache, rate)) in runs.into_iter().enumerate() {
             progress(
@@ -531,8 +529,6 @@ enum Cache {
     None,
     /// `controller::describe_cache::DescribeCache`, as `run` uses it.
     Shared(Duration),
-    /// The per-store freshness prototype of [`fresh_cache`].
-    PerStore(Duration),
 }
 
 impl Cache {
@@ -540,7 +536,6 @@ impl Cache {
         match self {
             Self::None => "no describe cache".into(),
             Self::Shared(ttl) => format!("shared DescribeCache, TTL {}s", ttl.as_secs_f64()),
-            Self::PerStore(ttl) => format!("per-store freshness, TTL {}s", ttl.as_secs_f64()),
         }
     }
 }
@@ -617,15 +612,6 @@ impl Fleet {
             Cache::Shared(ttl) => {
                 let engine = Engine::new(
                     DescribeCache::new(kms.clone(), ttl),
-                    probe,
-                    "us-east-1",
-                    options,
-                );
-                self.measure_creates(args, &engine, &kms, cache, rate).await
-            }
-            Cache::PerStore(ttl) => {
-                let engine = Engine::new(
-                    fresh_cache::FreshCache::new(kms.clone(), ttl),
                     probe,
                     "us-east-1",
                     options,
