@@ -665,3 +665,25 @@ async fn deletion_needs_no_credential_and_waits_while_suspended() {
     assert_eq!(outcome, Outcome::Released);
     assert!(kms_view(&h).await.is_empty(), "deleted without the Secret");
 }
+
+/// Under a 5/s quota every DescribeCustomKeyStores counts: a pass waiting on
+/// a CONNECTING store describes it once, and its step reuses that answer.
+#[tokio::test]
+async fn a_pass_waiting_on_kms_describes_the_store_once() {
+    let h = harness_with(|c| c.connect_delay_ms = 10_000, |k| k).await;
+    let res = public(PRIMARY);
+    let mut status = ExternalKeyStoreStatus::default();
+    let mut sink = Recorder::default();
+    let req = request(&res, credential());
+    let mut outcome = h.engine.reconcile(&req, &mut status, &mut sink).await;
+    while matches!(outcome, Ok(Outcome::Requeue(_))) && calls(&h, "ConnectCustomKeyStore") == 0 {
+        outcome = h.engine.reconcile(&req, &mut status, &mut sink).await;
+    }
+    assert_eq!(calls(&h, "ConnectCustomKeyStore"), 1, "{outcome:?}");
+
+    let before = calls(&h, "DescribeCustomKeyStores");
+    let outcome = h.engine.reconcile(&req, &mut status, &mut sink).await;
+    assert!(matches!(outcome, Ok(Outcome::Requeue(_))), "{outcome:?}");
+    assert_eq!(status.connection_state.as_deref(), Some("CONNECTING"));
+    assert_eq!(calls(&h, "DescribeCustomKeyStores") - before, 1);
+}

@@ -68,6 +68,7 @@ pub(super) async fn run_step<K: KeyStores, P: ProxyProbe, S: StatusSink>(
     index: usize,
     desired: &Desired,
     credential: &ProxyCredential,
+    just_observed: Option<Option<ObservedStore>>,
     status: &mut ExternalKeyStoreStatus,
     sink: &mut S,
 ) -> Result<StepResult, EngineError> {
@@ -76,11 +77,12 @@ pub(super) async fn run_step<K: KeyStores, P: ProxyProbe, S: StatusSink>(
     };
     let name = step.name;
     let earlier_attempts = step.attempts;
-    let run = StepRun {
+    let mut run = StepRun {
         engine,
         index,
         desired,
         credential,
+        just_observed,
     };
     match name {
         StepName::Preflight => run.preflight(status, sink).await,
@@ -114,6 +116,9 @@ struct StepRun<'a, K, P> {
     index: usize,
     desired: &'a Desired,
     credential: &'a ProxyCredential,
+    /// What this pass described just before the step (`None`: nothing was
+    /// described). Used once, before any side effect of the step.
+    just_observed: Option<Option<ObservedStore>>,
 }
 
 impl<K: KeyStores, P: ProxyProbe> StepRun<'_, K, P> {
@@ -151,9 +156,17 @@ impl<K: KeyStores, P: ProxyProbe> StepRun<'_, K, P> {
         }
     }
 
+    /// What the pass described just now, if it is the store with `id`.
+    fn just_seen(&mut self, id: &str) -> Option<ObservedStore> {
+        self.just_observed
+            .take()
+            .flatten()
+            .filter(|store| store.id == id)
+    }
+
     /// Describe the store this operation works on, fresh.
     async fn current(
-        &self,
+        &mut self,
         status: &mut ExternalKeyStoreStatus,
     ) -> Result<ObservedStore, StepResult> {
         let Some(id) = status.key_store_id.clone() else {
@@ -163,6 +176,10 @@ impl<K: KeyStores, P: ProxyProbe> StepRun<'_, K, P> {
                 reason: None,
             }));
         };
+        // The observation of this pass was already recorded in status.
+        if let Some(store) = self.just_seen(&id) {
+            return Ok(store);
+        }
         match self.engine.kms.describe_by_id(&id).await {
             Ok(Some(store)) => {
                 record_observation(status, Some(&store));
@@ -178,7 +195,7 @@ impl<K: KeyStores, P: ProxyProbe> StepRun<'_, K, P> {
     }
 
     async fn preflight<S: StatusSink>(
-        &self,
+        &mut self,
         status: &mut ExternalKeyStoreStatus,
         sink: &mut S,
     ) -> Result<StepResult, EngineError> {
@@ -267,7 +284,7 @@ impl<K: KeyStores, P: ProxyProbe> StepRun<'_, K, P> {
     }
 
     async fn create<S: StatusSink>(
-        &self,
+        &mut self,
         status: &mut ExternalKeyStoreStatus,
         sink: &mut S,
         earlier_attempts: u32,
@@ -275,7 +292,12 @@ impl<K: KeyStores, P: ProxyProbe> StepRun<'_, K, P> {
         // KMS's create takes no idempotency token: if an earlier attempt may
         // have gone through, adopt what it made instead of making a second.
         if earlier_attempts > 0 {
-            match self.engine.kms.describe_by_name(&self.desired.name).await {
+            let lookup = match self.just_observed.take() {
+                // observe() just looked this name up (no pinned id).
+                Some(seen) if self.desired.pinned_id.is_none() => Ok(seen),
+                _ => self.engine.kms.describe_by_name(&self.desired.name).await,
+            };
+            match lookup.map(|found| found.filter(|s| s.name == self.desired.name)) {
                 Ok(Some(store)) => {
                     record_observation(status, Some(&store));
                     return Ok(StepResult::Done(format!(
@@ -307,7 +329,7 @@ impl<K: KeyStores, P: ProxyProbe> StepRun<'_, K, P> {
     }
 
     async fn disconnect<S: StatusSink>(
-        &self,
+        &mut self,
         status: &mut ExternalKeyStoreStatus,
         sink: &mut S,
     ) -> Result<StepResult, EngineError> {
@@ -333,7 +355,7 @@ impl<K: KeyStores, P: ProxyProbe> StepRun<'_, K, P> {
     }
 
     async fn update<S: StatusSink>(
-        &self,
+        &mut self,
         status: &mut ExternalKeyStoreStatus,
         sink: &mut S,
         target: Desired,
@@ -401,7 +423,7 @@ impl<K: KeyStores, P: ProxyProbe> StepRun<'_, K, P> {
     }
 
     async fn health_check<S: StatusSink>(
-        &self,
+        &mut self,
         status: &mut ExternalKeyStoreStatus,
         sink: &mut S,
     ) -> Result<StepResult, EngineError> {
@@ -433,7 +455,7 @@ impl<K: KeyStores, P: ProxyProbe> StepRun<'_, K, P> {
     }
 
     async fn connect<S: StatusSink>(
-        &self,
+        &mut self,
         status: &mut ExternalKeyStoreStatus,
         sink: &mut S,
         earlier_attempts: u32,
@@ -480,17 +502,19 @@ impl<K: KeyStores, P: ProxyProbe> StepRun<'_, K, P> {
     }
 
     async fn delete<S: StatusSink>(
-        &self,
+        &mut self,
         status: &mut ExternalKeyStoreStatus,
         sink: &mut S,
     ) -> Result<StepResult, EngineError> {
         let Some(id) = status.key_store_id.clone() else {
             return Ok(StepResult::Done("no store to delete".into()));
         };
-        match self.engine.kms.describe_by_id(&id).await {
-            Ok(None) => return Ok(StepResult::Done(format!("store {id} is already gone"))),
-            Ok(Some(_)) => {}
-            Err(e) => return Ok(kms_result(&e, 1)),
+        if self.just_seen(&id).is_none() {
+            match self.engine.kms.describe_by_id(&id).await {
+                Ok(None) => return Ok(StepResult::Done(format!("store {id} is already gone"))),
+                Ok(Some(_)) => {}
+                Err(e) => return Ok(kms_result(&e, 1)),
+            }
         }
         let attempts = self.begin_call(status, sink).await?;
         match self.engine.kms.delete(&id).await {
