@@ -9,7 +9,9 @@
 //! listing (under load some store mutates every few hundred milliseconds,
 //! and invalidating everything would list about as often as no cache).
 //! Changes made by others show after at most the TTL. A store in
-//! transition (CONNECTING, DISCONNECTING) is always read afresh.
+//! transition (CONNECTING, DISCONNECTING) is always read afresh: from a
+//! listing that started after the lookup did, else with a describe of its
+//! own.
 
 use crate::kms::{CreateStore, KeyStores, KmsError, UpdateStore};
 use crate::model::{ConnectionState, ObservedStore, StoreKey};
@@ -38,6 +40,24 @@ struct Snapshot {
     taken: Instant,
     epoch: u64,
     stores: Arc<Vec<ObservedStore>>,
+}
+
+/// A listing handed to one lookup.
+struct Listing {
+    stores: Arc<Vec<ObservedStore>>,
+    /// The epoch it started at.
+    epoch: u64,
+    /// When its request was sent.
+    taken: Instant,
+}
+
+impl Listing {
+    /// `store` as this listing shows it, unless it is in transition and the
+    /// listing started before `asked` (the start of the lookup), in which
+    /// case it must be read afresh.
+    fn current(&self, store: &ObservedStore, asked: Instant) -> bool {
+        !in_transition(store) || self.taken >= asked
+    }
 }
 
 impl<K: KeyStores> DescribeCache<K> {
@@ -75,15 +95,18 @@ impl<K: KeyStores> DescribeCache<K> {
         }
     }
 
-    /// A listing younger than the TTL that started at or after `needed`;
-    /// returns it with the epoch it started at.
-    async fn stores(&self, needed: u64) -> Result<(Arc<Vec<ObservedStore>>, u64), KmsError> {
+    /// A listing younger than the TTL that started at or after `needed`.
+    async fn stores(&self, needed: u64) -> Result<Listing, KmsError> {
         let mut listing = self.listing.lock().await;
         if let Some(s) = listing.as_ref()
             && s.epoch >= needed
             && s.taken.elapsed() < self.ttl
         {
-            return Ok((s.stores.clone(), s.epoch));
+            return Ok(Listing {
+                stores: s.stores.clone(),
+                epoch: s.epoch,
+                taken: s.taken,
+            });
         }
         // Read before the request: a mutation completing during the listing
         // bumps past it, so the listing never speaks for that store.
@@ -95,7 +118,11 @@ impl<K: KeyStores> DescribeCache<K> {
             epoch,
             stores: stores.clone(),
         });
-        Ok((stores, epoch))
+        Ok(Listing {
+            stores,
+            epoch,
+            taken,
+        })
     }
 
     /// Runs a mutating call and marks `keys` stale whatever its result (a
@@ -126,9 +153,10 @@ impl<K: KeyStores> KeyStores for DescribeCache<K> {
         if self.ttl.is_zero() {
             return self.inner.describe_by_id(id).await;
         }
-        let (stores, _) = self.stores(self.needed(id)).await?;
-        match stores.iter().find(|s| s.id == id) {
-            Some(s) if in_transition(s) => self.inner.describe_by_id(id).await,
+        let asked = Instant::now();
+        let listing = self.stores(self.needed(id)).await?;
+        match listing.stores.iter().find(|s| s.id == id) {
+            Some(s) if !listing.current(s, asked) => self.inner.describe_by_id(id).await,
             found => Ok(found.cloned()),
         }
     }
@@ -137,22 +165,24 @@ impl<K: KeyStores> KeyStores for DescribeCache<K> {
         if self.ttl.is_zero() {
             return self.inner.describe_by_name(name).await;
         }
+        let asked = Instant::now();
         let needed = self
             .needed(name)
             .max(self.rename_floor.load(Ordering::Acquire));
-        let (mut stores, epoch) = self.stores(needed).await?;
+        let mut listing = self.stores(needed).await?;
         // Mutations are recorded by id too: the store found under this name
         // must not have changed since the listing started.
-        if let Some(id_needed) = stores
+        if let Some(id_needed) = listing
+            .stores
             .iter()
             .find(|s| s.name == name)
             .map(|s| self.needed(&s.id))
-            .filter(|n| *n > epoch)
+            .filter(|n| *n > listing.epoch)
         {
-            stores = self.stores(id_needed).await?.0;
+            listing = self.stores(id_needed).await?;
         }
-        match stores.iter().find(|s| s.name == name) {
-            Some(s) if in_transition(s) => self.inner.describe_by_name(name).await,
+        match listing.stores.iter().find(|s| s.name == name) {
+            Some(s) if !listing.current(s, asked) => self.inner.describe_by_name(name).await,
             found => Ok(found.cloned()),
         }
     }
@@ -162,7 +192,7 @@ impl<K: KeyStores> KeyStores for DescribeCache<K> {
             return self.inner.describe_all().await;
         }
         let now = self.epoch.load(Ordering::Acquire);
-        Ok(self.stores(now).await?.0.as_ref().clone())
+        Ok(self.stores(now).await?.stores.as_ref().clone())
     }
 
     async fn create(&self, req: &CreateStore) -> Result<String, KmsError> {
@@ -371,6 +401,9 @@ mod tests {
             state(cache.describe_by_id("cks-2").await),
             Some(ConnectionState::Connecting)
         );
+        // The connect made the store stale, so that lookup started a
+        // listing: fresh enough, no describe of its own.
+        assert_eq!(cache.inner().describe_one.load(Ordering::SeqCst), 0);
         // KMS finishes connecting; the listing (fresh, within its TTL) still
         // says CONNECTING, but the waiting step sees CONNECTED.
         for s in cache.inner().stores.lock().expect("lock").iter_mut() {
@@ -385,10 +418,10 @@ mod tests {
             Some(ConnectionState::Connected)
         );
         assert_eq!(cache.inner().describe_all.load(Ordering::SeqCst), 1);
-        assert_eq!(cache.inner().describe_one.load(Ordering::SeqCst), 3);
+        assert_eq!(cache.inner().describe_one.load(Ordering::SeqCst), 2);
         // Steady stores still come from the listing.
         let _ = cache.describe_by_id("cks-1").await;
-        assert_eq!(cache.inner().describe_one.load(Ordering::SeqCst), 3);
+        assert_eq!(cache.inner().describe_one.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]
