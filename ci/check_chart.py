@@ -249,7 +249,7 @@ def expect_default(objs, values):
     args = container(objs)["args"]
     assert "--leader-election" not in args and flag(args, "--watch-namespace") is None, args
     assert flag(args, "--log-format") == "json" and flag(args, "--drift-interval") == "5m", args
-    assert flag(args, "--kms-rate-limit") == "4.5" and flag(args, "--concurrency") == "4", args
+    assert flag(args, "--kms-rate-limit") == "5" and flag(args, "--concurrency") == "4", args
     assert one(objs, "Deployment")["spec"]["strategy"] == {"type": "Recreate"}
     assert {o["kind"] for o in objs} == {"Deployment", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Service"}, {o["kind"] for o in objs}
     assert ("coordination.k8s.io", "leases") not in granted(objs), "no Lease access without leader election"

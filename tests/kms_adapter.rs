@@ -690,6 +690,11 @@ async fn from_env_child() {
     for i in 0..3 {
         kms.connect(&format!("cks-{i}")).await.unwrap();
     }
-    // 4.5/s with a burst of one: the 2nd and 3rd calls waited.
+    // 5/s (KMS's quota) with a burst of one: the 2nd and 3rd calls waited.
     assert_eq!(kms.stats().waits("ConnectCustomKeyStore"), 2);
+    // A throttle caused by another caller of the quota slows the client.
+    assert_eq!(
+        kms.retry_mode(),
+        Some(aws_smithy_types::retry::RetryMode::Adaptive)
+    );
 }

@@ -61,8 +61,10 @@ pub struct RunArgs {
     /// `spec.driftInterval` overrides it per resource.
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     pub drift_interval: Duration,
-    /// Calls per second per KMS custom-key-store operation (KMS allows 5).
-    #[arg(long, default_value_t = 4.5)]
+    /// Calls per second per KMS custom-key-store operation (KMS allows 5,
+    /// shared with every other caller in the account and Region; after a
+    /// throttle the client also slows down by itself).
+    #[arg(long, default_value_t = crate::kms::aws::DEFAULT_RATE_PER_SECOND)]
     pub kms_rate_limit: f64,
     /// Resources reconciled at the same time.
     #[arg(long, default_value_t = 4)]
