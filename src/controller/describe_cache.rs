@@ -9,9 +9,10 @@
 //! listing (under load some store mutates every few hundred milliseconds,
 //! and invalidating everything would list about as often as no cache).
 //! Changes made by others show after at most the TTL. A store in
-//! transition (CONNECTING, DISCONNECTING) is always read afresh: from a
-//! listing that started after the lookup did, else with a describe of its
-//! own.
+//! transition (CONNECTING, DISCONNECTING) is always read afresh, from a
+//! listing that started after the lookup did: lookups that wait on the same
+//! listing share it, so polls of many stores in transition cost one call
+//! per round rather than one per store.
 
 use crate::kms::{CreateStore, KeyStores, KmsError, UpdateStore};
 use crate::model::{ConnectionState, ObservedStore, StoreKey};
@@ -95,12 +96,14 @@ impl<K: KeyStores> DescribeCache<K> {
         }
     }
 
-    /// A listing younger than the TTL that started at or after `needed`.
-    async fn stores(&self, needed: u64) -> Result<Listing, KmsError> {
+    /// A listing younger than the TTL that started at or after epoch
+    /// `needed` (and after the instant `after`, when given).
+    async fn stores(&self, needed: u64, after: Option<Instant>) -> Result<Listing, KmsError> {
         let mut listing = self.listing.lock().await;
         if let Some(s) = listing.as_ref()
             && s.epoch >= needed
             && s.taken.elapsed() < self.ttl
+            && after.is_none_or(|after| s.taken >= after)
         {
             return Ok(Listing {
                 stores: s.stores.clone(),
@@ -154,11 +157,17 @@ impl<K: KeyStores> KeyStores for DescribeCache<K> {
             return self.inner.describe_by_id(id).await;
         }
         let asked = Instant::now();
-        let listing = self.stores(self.needed(id)).await?;
-        match listing.stores.iter().find(|s| s.id == id) {
-            Some(s) if !listing.current(s, asked) => self.inner.describe_by_id(id).await,
-            found => Ok(found.cloned()),
+        let needed = self.needed(id);
+        let mut listing = self.stores(needed, None).await?;
+        if listing
+            .stores
+            .iter()
+            .find(|s| s.id == id)
+            .is_some_and(|s| !listing.current(s, asked))
+        {
+            listing = self.stores(needed, Some(asked)).await?;
         }
+        Ok(listing.stores.iter().find(|s| s.id == id).cloned())
     }
 
     async fn describe_by_name(&self, name: &str) -> Result<Option<ObservedStore>, KmsError> {
@@ -169,7 +178,7 @@ impl<K: KeyStores> KeyStores for DescribeCache<K> {
         let needed = self
             .needed(name)
             .max(self.rename_floor.load(Ordering::Acquire));
-        let mut listing = self.stores(needed).await?;
+        let mut listing = self.stores(needed, None).await?;
         // Mutations are recorded by id too: the store found under this name
         // must not have changed since the listing started.
         if let Some(id_needed) = listing
@@ -179,12 +188,17 @@ impl<K: KeyStores> KeyStores for DescribeCache<K> {
             .map(|s| self.needed(&s.id))
             .filter(|n| *n > listing.epoch)
         {
-            listing = self.stores(id_needed).await?;
+            listing = self.stores(id_needed, None).await?;
         }
-        match listing.stores.iter().find(|s| s.name == name) {
-            Some(s) if !listing.current(s, asked) => self.inner.describe_by_name(name).await,
-            found => Ok(found.cloned()),
+        if listing
+            .stores
+            .iter()
+            .find(|s| s.name == name)
+            .is_some_and(|s| !listing.current(s, asked))
+        {
+            listing = self.stores(needed.max(listing.epoch), Some(asked)).await?;
         }
+        Ok(listing.stores.iter().find(|s| s.name == name).cloned())
     }
 
     async fn describe_all(&self) -> Result<Vec<ObservedStore>, KmsError> {
@@ -192,7 +206,7 @@ impl<K: KeyStores> KeyStores for DescribeCache<K> {
             return self.inner.describe_all().await;
         }
         let now = self.epoch.load(Ordering::Acquire);
-        Ok(self.stores(now).await?.stores.as_ref().clone())
+        Ok(self.stores(now, None).await?.stores.as_ref().clone())
     }
 
     async fn create(&self, req: &CreateStore) -> Result<String, KmsError> {
@@ -402,10 +416,10 @@ mod tests {
             Some(ConnectionState::Connecting)
         );
         // The connect made the store stale, so that lookup started a
-        // listing: fresh enough, no describe of its own.
-        assert_eq!(cache.inner().describe_one.load(Ordering::SeqCst), 0);
-        // KMS finishes connecting; the listing (fresh, within its TTL) still
-        // says CONNECTING, but the waiting step sees CONNECTED.
+        // listing: fresh enough, nothing more.
+        assert_eq!(cache.inner().describe_all.load(Ordering::SeqCst), 1);
+        // KMS finishes connecting; the listing (within its TTL) still says
+        // CONNECTING, but the waiting step sees CONNECTED.
         for s in cache.inner().stores.lock().expect("lock").iter_mut() {
             s.connection_state = ConnectionState::Connected;
         }
@@ -413,15 +427,42 @@ mod tests {
             state(cache.describe_by_id("cks-2").await),
             Some(ConnectionState::Connected)
         );
+        // By name too, from the listing that lookup started.
         assert_eq!(
             state(cache.describe_by_name("ledger").await),
             Some(ConnectionState::Connected)
         );
-        assert_eq!(cache.inner().describe_all.load(Ordering::SeqCst), 1);
-        assert_eq!(cache.inner().describe_one.load(Ordering::SeqCst), 2);
+        assert_eq!(cache.inner().describe_all.load(Ordering::SeqCst), 2);
         // Steady stores still come from the listing.
         let _ = cache.describe_by_id("cks-1").await;
-        assert_eq!(cache.inner().describe_one.load(Ordering::SeqCst), 2);
+        assert_eq!(cache.inner().describe_all.load(Ordering::SeqCst), 2);
+        assert_eq!(cache.inner().describe_one.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn polls_of_many_stores_in_transition_share_listings() {
+        let stores: Vec<ObservedStore> = (0..20)
+            .map(|i| {
+                store(
+                    &format!("cks-{i}"),
+                    &format!("s{i}"),
+                    ConnectionState::Connecting,
+                )
+            })
+            .collect();
+        let cache = DescribeCache::new(Counting::with(stores), Duration::from_secs(10));
+        let _ = cache.describe_all().await;
+        // Every store's wait polls at once, as after a shared requeue delay.
+        let polls = (0..20).map(|i| {
+            let cache = &cache;
+            async move { cache.describe_by_id(&format!("cks-{i}")).await }
+        });
+        let seen = futures::future::join_all(polls).await;
+        assert!(seen.iter().all(|s| matches!(s, Ok(Some(_)))));
+        // Each poll needs a listing started after it asked: the first poll
+        // starts one, the 19 that queued behind it share the next one.
+        assert_eq!(cache.inner().describe_all.load(Ordering::SeqCst), 3);
+        assert_eq!(cache.inner().describe_one.load(Ordering::SeqCst), 0);
     }
 
     #[tokio::test]

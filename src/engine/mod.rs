@@ -46,11 +46,12 @@ pub struct EngineOptions {
 impl Default for EngineOptions {
     fn default() -> Self {
         Self {
-            // Every poll of a store in transition adds up to this much to
-            // the time its keys are unusable (BENCHMARKS.md: 5 s cost ~8 s
-            // per rotation); 1 s costs one describe per second per store
-            // in transition, well under the quota.
-            poll_interval: Duration::from_secs(1),
+            // Each of a rotation's two waits adds up to this much to the
+            // time the store's keys are unusable (half of it on average;
+            // BENCHMARKS.md). In the controller, the describe cache serves
+            // the polls of every store in transition from shared listings,
+            // so polling faster does not cost a call per store.
+            poll_interval: Duration::from_millis(500),
             backoff_base: Duration::from_secs(2),
             backoff_max: Duration::from_secs(300),
             max_proxy_attempts: 3,
