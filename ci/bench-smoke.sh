@@ -1,9 +1,11 @@
 #!/bin/sh
-# Smoke test of `xks-operator bench --quick` (about a minute on 2 cores): the
-# benchmark runs end to end against the embedded emulator and exits non-zero
-# if any store failed to reach CONNECTED. Figures are printed, not asserted:
+# Smoke test of `xks-operator bench --quick` plus a short soak (about two
+# minutes on 2 cores): the benchmark runs end to end against the embedded
+# emulator and exits non-zero if any store failed to reach CONNECTED or the
+# soak broke a promise (a second store, a store left disconnected, a stale
+# credential in KMS, a secret in status). Figures are printed, not asserted:
 # CI machines are too noisy for timing thresholds.
 set -eu
 cd "$(dirname "$0")/.."
-cargo build --quiet
-./target/debug/xks-operator bench --quick
+cargo build --locked --quiet
+./target/debug/xks-operator bench --quick --soak 30s --soak-stores 4

@@ -6,25 +6,32 @@
 //! - create-and-connect throughput of N stores under KMS's 5 requests/s
 //!   per-operation quota, enforced by the emulator;
 //! - DescribeCustomKeyStores calls of one drift round over N stores;
-//! - CPU and memory of the operator side for the largest N.
+//! - CPU and memory of the operator side for the largest N;
+//! - with `--soak`, a longer run under random changes, faults and crashes
+//!   (see [`soak`]).
 //!
-//! The emulator runs on a runtime of its own (threads named `emulator`), so
-//! the CPU it burns can be told apart from the operator's (see [`cpu`]).
+//! The emulator runs beside it as a child process (this binary's
+//! `emulator` command), so the operator's CPU and memory are this
+//! process's own (see [`cpu`]).
 
 mod cpu;
+mod emulator_process;
+mod report;
+pub mod soak;
 
 use crate::api::{ExternalKeyStore, ExternalKeyStoreStatus, StepName, StepState};
 use crate::controller::describe_cache::DescribeCache;
+use crate::emulator::EmulatorConfig;
 use crate::emulator::config::{DEMO_ACCESS_KEY_ID, DEMO_SECRET, DEMO_URI_PATH};
 use crate::emulator::faults::{ALL_OPERATIONS, OperationFaults, RateLimit};
 use crate::emulator::xks_proxy::ProxyConfig as EmulatedProxy;
-use crate::emulator::{self, EmulatorConfig, RunningEmulator};
 use crate::engine::{Engine, EngineOptions, Outcome, Request, SinkError, StatusSink};
 use crate::kms::KeyStores;
 use crate::kms::aws::AwsKeyStores;
 use crate::model::ProxyCredential;
 use crate::xks::probe::{HttpProxyProbe, ProbeOptions};
 use anyhow::{Context, bail};
+use emulator_process::EmulatorProcess;
 use serde::Serialize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -35,6 +42,13 @@ const KMS_QUOTA_PER_SECOND: f64 = 5.0;
 /// The token bucket of KMS (and of the emulator) starts full.
 const KMS_BURST: f64 = 5.0;
 const PRIMARY: &str = "https://xks-primary.example.com";
+/// What `--only` can name.
+const PARTS: [&str; 4] = ["disruption", "throughput", "shared-quota", "soak"];
+/// The share of the 5/s quota other callers leave in the shared-quota run.
+const SHARED_QUOTA_LEFT: f64 = 3.0;
+const SHARED_QUOTA_MAX_STORES: usize = 100;
+/// Default length of `--only soak` without `--soak`.
+const DEFAULT_SOAK: Duration = Duration::from_secs(120);
 const REPLICA: &str = "https://xks-replica.example.com";
 
 #[derive(clap::Args, Clone, Debug)]
@@ -62,15 +76,29 @@ pub struct BenchArgs {
     /// Emulated time a store spends DISCONNECTING and CONNECTING (ms).
     #[arg(long)]
     pub transition_ms: Option<u64>,
-    /// Reconciles running at the same time in the throughput run.
-    #[arg(long, default_value_t = 16)]
+    /// Reconciles running at the same time in the throughput run (as
+    /// `run`'s `--concurrency`).
+    #[arg(long, default_value_t = crate::controller::DEFAULT_CONCURRENCY.into())]
     pub concurrency: usize,
-    /// Client-side calls per second per KMS operation (`run` defaults to 4.5).
-    #[arg(long, default_value_t = 4.5)]
+    /// Client-side calls per second per KMS operation (as `run`'s
+    /// `--kms-rate-limit`).
+    #[arg(long, default_value_t = crate::kms::aws::DEFAULT_RATE_PER_SECOND)]
     pub client_rate: f64,
-    /// Run only these parts (disruption, throughput); default all.
+    /// Run only these parts (disruption, throughput, shared-quota, soak);
+    /// default all but soak, which runs when `--soak` is given.
     #[arg(long, value_delimiter = ',')]
     pub only: Option<Vec<String>>,
+    /// Also run the soak for this long (e.g. 30s, 10m): random changes,
+    /// KMS and proxy faults and crashes, then convergence checks.
+    #[arg(long, value_parser = crate::controller::parse_duration)]
+    pub soak: Option<Duration>,
+    /// Stores in the soak.
+    #[arg(long, default_value_t = 8)]
+    pub soak_stores: usize,
+    /// Seed of the soak's random choices (default: from the clock; the
+    /// report prints it so a run can be repeated).
+    #[arg(long)]
+    pub seed: Option<u64>,
     /// Throughput without the describe cache only up to this many stores
     /// (it costs about one second per store).
     #[arg(long, default_value_t = 10)]
@@ -81,7 +109,7 @@ struct Plan {
     sizes: Vec<usize>,
     runs: usize,
     transition: Duration,
-    controller_defaults: bool,
+    poll_sweep: bool,
 }
 
 impl BenchArgs {
@@ -101,8 +129,8 @@ impl BenchArgs {
             } else {
                 1000
             })),
-            // Its 5 s poll and 10 s cache make each rotation take ~15 s.
-            controller_defaults: !self.quick,
+            // More poll intervals of the tuned configuration.
+            poll_sweep: !self.quick,
         }
     }
 }
@@ -111,10 +139,17 @@ impl BenchArgs {
 pub struct Report {
     pub machine: Machine,
     pub command: String,
+    /// Client-side calls per second per KMS operation.
+    pub client_rate: f64,
+    /// Reconciles at a time in the throughput runs.
+    pub concurrency: usize,
     pub disruption: Vec<Disruption>,
     pub throughput: Vec<Throughput>,
+    /// Throughput when KMS throttles below the client's rate.
+    pub shared_quota: Vec<Throughput>,
     pub steady_state: Vec<SteadyState>,
     pub cost: Option<Cost>,
+    pub soak: Option<soak::SoakReport>,
 }
 
 #[derive(Serialize)]
@@ -132,11 +167,14 @@ pub struct Disruption {
     pub poll_interval_ms: u64,
     pub describe_cache_ttl_ms: u64,
     pub runs: usize,
-    /// Emulated DISCONNECTING + CONNECTING time.
+    /// Emulated DISCONNECTING + CONNECTING time (median over the runs,
+    /// which spread it over one poll interval).
     pub emulated_transitions_s: f64,
     /// Median, Disconnect call → CONNECTED observed.
     pub window_s: f64,
+    /// Median of window − emulated time: what the operator adds.
     pub overhead_s: f64,
+    /// Median of overhead / window.
     pub overhead_share: f64,
     pub overhead_min_s: f64,
     pub overhead_max_s: f64,
@@ -151,6 +189,8 @@ pub struct Throughput {
     pub stores: usize,
     pub concurrency: usize,
     pub client_rate: f64,
+    /// Calls per second per operation KMS let through.
+    pub kms_quota: f64,
     pub elapsed_s: f64,
     /// (N − burst) / 5 per second + emulated CONNECTING time: the fastest
     /// that N creates and N connects can pass KMS's quota.
@@ -180,7 +220,9 @@ pub struct Cost {
     pub operator_cpu_s: f64,
     pub emulator_cpu_s: f64,
     pub wall_s: f64,
+    /// Of the operator (the bench process) alone.
     pub peak_rss_mib: f64,
+    pub emulator_peak_rss_mib: f64,
     pub rss_before_mib: f64,
     pub rss_after_mib: f64,
     pub how: String,
@@ -192,10 +234,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let mut report = Report {
         machine: Machine::describe(),
         command: std::env::args().collect::<Vec<_>>().join(" "),
+        client_rate: args.client_rate,
+        concurrency: args.concurrency,
         disruption: Vec::new(),
         throughput: Vec::new(),
+        shared_quota: Vec::new(),
         steady_state: Vec::new(),
         cost: None,
+        soak: None,
     };
 
     let wanted = |part: &str| {
@@ -203,6 +249,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             .as_ref()
             .is_none_or(|o| o.iter().any(|p| p == part))
     };
+    if let Some(parts) = &args.only
+        && let Some(unknown) = parts.iter().find(|p| !PARTS.contains(&p.as_str()))
+    {
+        bail!(
+            "unknown part {unknown:?} in --only: expected some of {}",
+            PARTS.join(", ")
+        );
+    }
     if wanted("disruption") {
         progress(&args, "disruption window, tuned");
         report.disruption.push(
@@ -225,7 +279,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             )
             .await?,
         );
-        if plan.controller_defaults {
+        if plan.poll_sweep {
             for factor in [2, 4] {
                 let poll = Duration::from_millis(args.poll_ms * factor);
                 report.disruption.push(
@@ -239,23 +293,24 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                     .await?,
                 );
             }
-            progress(&args, "disruption window, controller defaults");
-            let defaults = crate::controller::Settings::default();
-            report.disruption.push(
-                disruption(
-                    &args,
-                    &plan,
-                    "`run` defaults",
-                    defaults.engine.poll_interval,
-                    defaults.describe_cache_ttl,
-                )
-                .await?,
-            );
         }
+        progress(&args, "disruption window, `run` defaults");
+        let defaults = crate::controller::Settings::default();
+        report.disruption.push(
+            disruption(
+                &args,
+                &plan,
+                "`run` defaults",
+                defaults.engine.poll_interval,
+                defaults.describe_cache_ttl,
+            )
+            .await?,
+        );
     }
     let largest = plan.sizes.iter().copied().max().unwrap_or(0);
+    let run_defaults = crate::controller::Settings::default();
     for &n in plan.sizes.iter().filter(|_| wanted("throughput")) {
-        let ttl = Duration::from_secs(1);
+        let ttl = run_defaults.describe_cache_ttl;
         let rate = args.client_rate;
         let mut runs = Vec::new();
         if n <= args.direct_max {
@@ -272,12 +327,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 &args,
                 &format!("throughput, {n} stores, {}, {rate}/s", cache.label()),
             );
-            let fleet = Fleet::start(n, plan.transition).await?;
-            let before = cpu::sample();
+            let fleet = Fleet::start(n, plan.transition, KMS_QUOTA_PER_SECOND).await?;
+            let before = (cpu::sample(None), cpu::sample(Some(fleet.emu.pid())));
             let started = Instant::now();
-            report
-                .throughput
-                .push(fleet.create_all(&args, cache, rate).await?);
+            report.throughput.push(
+                fleet
+                    .create_all(&args, cache, rate, Retry::Adaptive)
+                    .await?,
+            );
             if i == last {
                 progress(&args, &format!("steady state, {n} stores"));
                 report.steady_state.push(fleet.drift_round(None).await?);
@@ -285,25 +342,72 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                     .steady_state
                     .push(fleet.drift_round(Some(Duration::from_secs(10))).await?);
                 if n == largest {
-                    let after = cpu::sample();
-                    report.cost = Some(Cost::between(n, &before, &after, started.elapsed()));
+                    let after = (cpu::sample(None), cpu::sample(Some(fleet.emu.pid())));
+                    report.cost = Some(Cost::between(n, before, after, started.elapsed()));
                 }
             }
-            fleet.stop();
+            fleet.stop().await;
         }
+    }
+    if wanted("shared-quota") && !args.quick {
+        // Other callers take part of the account's quota: KMS leaves this
+        // operator 3 of its 5 calls per second, unknown to it.
+        let n = plan
+            .sizes
+            .iter()
+            .copied()
+            .filter(|&n| n <= SHARED_QUOTA_MAX_STORES)
+            .max()
+            .unwrap_or(SHARED_QUOTA_MAX_STORES);
+        for retry in [Retry::Standard, Retry::Adaptive] {
+            progress(&args, &format!("shared quota, {n} stores, {retry:?} retry"));
+            let fleet = Fleet::start(n, plan.transition, SHARED_QUOTA_LEFT).await?;
+            let cache = Cache::Shared(run_defaults.describe_cache_ttl);
+            report.shared_quota.push(
+                fleet
+                    .create_all(&args, cache, args.client_rate, retry)
+                    .await?,
+            );
+            fleet.stop().await;
+        }
+    }
+
+    let soak_for = args.soak.or_else(|| {
+        args.only
+            .as_ref()
+            .is_some_and(|o| o.iter().any(|p| p == "soak"))
+            .then_some(DEFAULT_SOAK)
+    });
+    if let Some(duration) = soak_for {
+        let seed = args.seed.unwrap_or_else(rand::random);
+        progress(
+            &args,
+            &format!(
+                "soak, {} stores, {duration:?}, seed {seed}",
+                args.soak_stores
+            ),
+        );
+        report.soak = Some(soak::run(duration, args.soak_stores, seed).await?);
     }
 
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else if args.markdown {
-        print!("{}", report.markdown(&args));
+        print!("{}", report.markdown());
     } else {
-        print!("{}", report.tables());
+        print!("{}", report.text());
     }
     // A failed create or connect is a correctness problem, not a figure.
     let failed: usize = report.throughput.iter().map(|t| t.failed).sum();
     if failed > 0 {
         bail!("{failed} stores did not reach CONNECTED in the throughput runs");
+    }
+    if let Some(soak) = report.soak.as_ref().filter(|s| !s.violations.is_empty()) {
+        bail!(
+            "the soak found {} violation(s): {}",
+            soak.violations.len(),
+            soak.violations.join("; ")
+        );
     }
     Ok(())
 }
@@ -314,39 +418,13 @@ fn progress(args: &BenchArgs, what: &str) {
     }
 }
 
-/// The emulator on a runtime of its own, so its CPU time is attributable.
-struct Hosted {
-    emu: RunningEmulator,
-    runtime: tokio::runtime::Runtime,
-}
-
-impl Hosted {
-    async fn start(config: EmulatorConfig) -> anyhow::Result<Self> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name(cpu::EMULATOR_THREAD)
-            .enable_all()
-            .build()
-            .context("building the emulator runtime")?;
-        let emu = runtime
-            .spawn(emulator::start(config, ([127, 0, 0, 1], 0).into()))
-            .await
-            .context("emulator task")??;
-        Ok(Self { emu, runtime })
-    }
-
-    fn stop(self) {
-        drop(self.emu);
-        self.runtime.shutdown_background();
-    }
-}
-
-fn rate_limited(config: &mut EmulatorConfig) {
+/// The emulator enforces `per_second` calls per operation, KMS's burst.
+fn rate_limited(config: &mut EmulatorConfig, per_second: f64) {
     config.faults.insert(
         ALL_OPERATIONS.to_string(),
         OperationFaults {
             rate_limit: Some(RateLimit {
-                per_second: KMS_QUOTA_PER_SECOND,
+                per_second,
                 burst: Some(KMS_BURST),
             }),
             ..OperationFaults::default()
@@ -375,7 +453,7 @@ fn request(res: &ExternalKeyStore) -> Request<'_> {
     }
 }
 
-fn probe(emu: &RunningEmulator) -> anyhow::Result<HttpProxyProbe> {
+fn probe(emu: &EmulatorProcess) -> anyhow::Result<HttpProxyProbe> {
     HttpProxyProbe::new(ProbeOptions {
         resolve: emu.proxy_resolve_map(),
         ..ProbeOptions::default()
@@ -450,13 +528,14 @@ async fn disruption(
         disconnect_delay_ms: plan.transition.as_millis() as u64,
         ..EmulatorConfig::default()
     };
-    rate_limited(&mut emulated);
-    let hosted = Hosted::start(emulated).await?;
-    let kms = AwsKeyStores::for_endpoint(&hosted.emu.kms_endpoint(), "us-east-1")
-        .with_rate_limit(args.client_rate);
+    rate_limited(&mut emulated, KMS_QUOTA_PER_SECOND);
+    let emu = EmulatorProcess::spawn(&emulated).await?;
+    let kms = AwsKeyStores::for_endpoint(&emu.kms_endpoint(), "us-east-1")
+        .with_rate_limit(args.client_rate)
+        .with_adaptive_retry();
     let engine = Engine::new(
         DescribeCache::new(kms, cache_ttl),
-        probe(&hosted.emu)?,
+        probe(&emu)?,
         "us-east-1",
         EngineOptions {
             poll_interval: poll,
@@ -469,11 +548,20 @@ async fn disruption(
     if outcome != Outcome::InSync {
         bail!("the store did not come up: {outcome:?}");
     }
-    let expected = plan.transition * 2;
     let mut overheads = Vec::new();
     let mut windows = Vec::new();
     let mut gaps = Vec::new();
+    let mut emulated = Vec::new();
+    let mut shares = Vec::new();
     for run in 0..plan.runs {
+        // Transition times spread over one poll interval around the
+        // nominal one, so that the runs land at evenly spread phases of the
+        // poll ticks, as real transitions of varying length do.
+        let phase = poll.mul_f64((run as f64 + 0.5) / plan.runs as f64);
+        let transition = plan.transition.saturating_sub(poll / 2) + phase;
+        emu.set_transition_delays(transition).await?;
+        let expected = transition * 2;
+        emulated.push(expected.as_secs_f64());
         let to = if run % 2 == 0 { REPLICA } else { PRIMARY };
         res.spec.proxy.uri_endpoint = to.to_string();
         res.metadata.generation = Some(run as i64 + 2);
@@ -490,12 +578,14 @@ async fn disruption(
         if outcome != Outcome::InSync {
             bail!("rotation {run} ended {outcome:?}");
         }
-        let window = end.duration_since(start);
-        windows.push(window.as_secs_f64());
-        overheads.push(window.as_secs_f64() - expected.as_secs_f64());
+        let window = end.duration_since(start).as_secs_f64();
+        let overhead = window - expected.as_secs_f64();
+        windows.push(window);
+        overheads.push(overhead);
+        shares.push(if window > 0.0 { overhead / window } else { 0.0 });
         gaps.push(call.duration_since(down).as_secs_f64());
     }
-    hosted.stop();
+    emu.stop().await;
     let window = median(&windows);
     let overhead = median(&overheads);
     Ok(Disruption {
@@ -503,10 +593,10 @@ async fn disruption(
         poll_interval_ms: poll.as_millis() as u64,
         describe_cache_ttl_ms: cache_ttl.as_millis() as u64,
         runs: plan.runs,
-        emulated_transitions_s: expected.as_secs_f64(),
+        emulated_transitions_s: median(&emulated),
         window_s: window,
         overhead_s: overhead,
-        overhead_share: if window > 0.0 { overhead / window } else { 0.0 },
+        overhead_share: median(&shares),
         overhead_min_s: overheads.iter().copied().fold(f64::INFINITY, f64::min),
         overhead_max_s: overheads.iter().copied().fold(f64::NEG_INFINITY, f64::max),
         disconnected_to_connect_call_s: median(&gaps),
@@ -531,6 +621,15 @@ enum Cache {
     Shared(Duration),
 }
 
+/// The SDK retry mode of the operator's KMS client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Retry {
+    /// Retries throttles, never slows down by itself.
+    Standard,
+    /// `run`'s: slows the client down after a throttle.
+    Adaptive,
+}
+
 impl Cache {
     fn label(self) -> String {
         match self {
@@ -543,14 +642,16 @@ impl Cache {
 /// N stores, each with its own emulated proxy (KMS wants endpoint + path
 /// unique per account and Region), and their statuses.
 struct Fleet {
-    hosted: Hosted,
+    emu: EmulatorProcess,
     resources: Vec<ExternalKeyStore>,
     statuses: Vec<Mutex<ExternalKeyStoreStatus>>,
     transition: Duration,
+    /// Calls per second per operation the emulator lets through.
+    quota: f64,
 }
 
 impl Fleet {
-    async fn start(n: usize, transition: Duration) -> anyhow::Result<Self> {
+    async fn start(n: usize, transition: Duration, quota: f64) -> anyhow::Result<Self> {
         let mut config = EmulatorConfig {
             connect_delay_ms: transition.as_millis() as u64,
             disconnect_delay_ms: transition.as_millis() as u64,
@@ -558,7 +659,7 @@ impl Fleet {
             proxies: Vec::new(),
             ..EmulatorConfig::default()
         };
-        rate_limited(&mut config);
+        rate_limited(&mut config, quota);
         let mut resources = Vec::with_capacity(n);
         for i in 0..n {
             let host = format!("xks-bench-{i:04}.example.com");
@@ -572,21 +673,18 @@ impl Fleet {
             )?);
         }
         Ok(Self {
-            hosted: Hosted::start(config).await?,
+            emu: EmulatorProcess::spawn(&config).await?,
             statuses: (0..n)
                 .map(|_| Mutex::new(ExternalKeyStoreStatus::default()))
                 .collect(),
             resources,
             transition,
+            quota,
         })
     }
 
-    fn stop(self) {
-        self.hosted.stop();
-    }
-
-    fn control(&self) -> &crate::emulator::EmulatorControl {
-        self.hosted.emu.control()
+    async fn stop(self) {
+        self.emu.stop().await;
     }
 
     /// Every resource reconciled until it settles, `concurrency` at a
@@ -596,18 +694,21 @@ impl Fleet {
         args: &BenchArgs,
         cache: Cache,
         rate: f64,
+        retry: Retry,
     ) -> anyhow::Result<Throughput> {
-        let kms = AwsKeyStores::for_endpoint(&self.hosted.emu.kms_endpoint(), "us-east-1")
-            .with_rate_limit(rate);
-        let options = EngineOptions {
-            poll_interval: Duration::from_secs(1),
-            ..EngineOptions::default()
-        };
-        let probe = probe(&self.hosted.emu)?;
+        let mut kms =
+            AwsKeyStores::for_endpoint(&self.emu.kms_endpoint(), "us-east-1").with_rate_limit(rate);
+        if retry == Retry::Adaptive {
+            kms = kms.with_adaptive_retry();
+        }
+        // `run`'s poll interval and backoff.
+        let options = crate::controller::Settings::default().engine;
+        let probe = probe(&self.emu)?;
         match cache {
             Cache::None => {
                 let engine = Engine::new(kms.clone(), probe, "us-east-1", options);
-                self.measure_creates(args, &engine, &kms, cache, rate).await
+                self.measure_creates(args, &engine, &kms, cache, rate, retry)
+                    .await
             }
             Cache::Shared(ttl) => {
                 let engine = Engine::new(
@@ -616,7 +717,8 @@ impl Fleet {
                     "us-east-1",
                     options,
                 );
-                self.measure_creates(args, &engine, &kms, cache, rate).await
+                self.measure_creates(args, &engine, &kms, cache, rate, retry)
+                    .await
             }
         }
     }
@@ -628,9 +730,10 @@ impl Fleet {
         kms: &AwsKeyStores,
         cache: Cache,
         rate: f64,
+        retry: Retry,
     ) -> anyhow::Result<Throughput> {
         let n = self.resources.len();
-        self.control().reset_stats();
+        self.emu.reset_stats().await?;
         let started = Instant::now();
         let outcomes = self.reconcile_all(engine, args.concurrency.max(1)).await;
         let elapsed = started.elapsed().as_secs_f64();
@@ -638,7 +741,7 @@ impl Fleet {
             .iter()
             .filter(|o| !matches!(o, Ok(Outcome::InSync)))
             .count();
-        let stats = self.control().operation_stats();
+        let stats = self.emu.operation_stats().await?;
         let calls: std::collections::BTreeMap<String, u64> = stats
             .iter()
             .map(|(op, s)| (op.clone(), s.requests))
@@ -653,9 +756,14 @@ impl Fleet {
             .sum();
         let describes = calls.get("DescribeCustomKeyStores").copied().unwrap_or(0);
         let quota_minimum_s =
-            (n as f64 - KMS_BURST).max(0.0) / KMS_QUOTA_PER_SECOND + self.transition.as_secs_f64();
+            (n as f64 - KMS_BURST).max(0.0) / self.quota + self.transition.as_secs_f64();
+        let retry_label = match retry {
+            Retry::Standard => ", standard retry",
+            Retry::Adaptive => "",
+        };
         Ok(Throughput {
-            config: format!("{}, client {rate}/s", cache.label()),
+            config: format!("{}, client {rate}/s{retry_label}", cache.label()),
+            kms_quota: self.quota,
             stores: n,
             concurrency: args.concurrency,
             client_rate: rate,
@@ -714,17 +822,17 @@ impl Fleet {
     /// interval; `cache` is the describe cache's TTL, `None` for none. The
     /// quota is lifted: only the number of calls matters here.
     async fn drift_round(&self, cache: Option<Duration>) -> anyhow::Result<SteadyState> {
-        self.control().set_operation_faults(ALL_OPERATIONS, None);
-        let kms = AwsKeyStores::for_endpoint(&self.hosted.emu.kms_endpoint(), "us-east-1");
+        self.emu.set_operation_faults(ALL_OPERATIONS, None).await?;
+        let kms = AwsKeyStores::for_endpoint(&self.emu.kms_endpoint(), "us-east-1");
         let engine = Engine::new(
             DescribeCache::new(kms, cache.unwrap_or(Duration::ZERO)),
-            probe(&self.hosted.emu)?,
+            probe(&self.emu)?,
             "us-east-1",
             EngineOptions::default(),
         );
-        self.control().reset_stats();
+        self.emu.reset_stats().await?;
         let outcomes = self.reconcile_all(&engine, 16).await;
-        let stats = self.control().operation_stats();
+        let stats = self.emu.operation_stats().await?;
         let describe_calls = stats
             .get("DescribeCustomKeyStores")
             .map_or(0, |s| s.requests);
@@ -746,17 +854,23 @@ impl Fleet {
 }
 
 impl Cost {
-    fn between(stores: usize, before: &cpu::Sample, after: &cpu::Sample, wall: Duration) -> Self {
-        let emulator = after.emulator_since(before);
-        let total = after.process_s - before.process_s;
+    /// From (operator, emulator) samples before and after.
+    fn between(
+        stores: usize,
+        before: (cpu::Sample, cpu::Sample),
+        after: (cpu::Sample, cpu::Sample),
+        wall: Duration,
+    ) -> Self {
+        let mib = |kib: u64| kib as f64 / 1024.0;
         Self {
             stores,
-            operator_cpu_s: total - emulator,
-            emulator_cpu_s: emulator,
+            operator_cpu_s: after.0.cpu_s - before.0.cpu_s,
+            emulator_cpu_s: after.1.cpu_s - before.1.cpu_s,
             wall_s: wall.as_secs_f64(),
-            peak_rss_mib: after.peak_rss_kib as f64 / 1024.0,
-            rss_before_mib: before.rss_kib as f64 / 1024.0,
-            rss_after_mib: after.rss_kib as f64 / 1024.0,
+            peak_rss_mib: mib(after.0.peak_rss_kib),
+            emulator_peak_rss_mib: mib(after.1.peak_rss_kib),
+            rss_before_mib: mib(before.0.rss_kib),
+            rss_after_mib: mib(after.0.rss_kib),
             how: cpu::HOW.to_string(),
         }
     }
@@ -794,232 +908,5 @@ impl Machine {
                 "release"
             },
         }
-    }
-}
-
-impl Report {
-    fn tables(&self) -> String {
-        let mut out = String::new();
-        let m = &self.machine;
-        out.push_str(&format!(
-            "machine: {} CPUs, {}, {}, {} build\n\n",
-            m.cpus, m.cpu_model, m.memory, m.build
-        ));
-        out.push_str("DISRUPTION WINDOW (Disconnect call -> CONNECTED observed, median)\n");
-        out.push_str(&format!(
-            "{:<42} {:>6} {:>6} {:>5} {:>9} {:>8} {:>9} {:>6} {:>15}\n",
-            "config", "poll", "ttl", "runs", "emulated", "window", "overhead", "share", "min..max"
-        ));
-        for d in &self.disruption {
-            out.push_str(&format!(
-                "{:<42} {:>5}ms {:>4}ms {:>5} {:>8.2}s {:>7.2}s {:>8.2}s {:>5.0}% {:>6.2}..{:.2}s\n",
-                d.config,
-                d.poll_interval_ms,
-                d.describe_cache_ttl_ms,
-                d.runs,
-                d.emulated_transitions_s,
-                d.window_s,
-                d.overhead_s,
-                d.overhead_share * 100.0,
-                d.overhead_min_s,
-                d.overhead_max_s
-            ));
-        }
-        out.push_str("\nTHROUGHPUT (create + connect N stores, KMS quota 5/s per operation)\n");
-        out.push_str(&format!(
-            "{:<50} {:>6} {:>9} {:>9} {:>6} {:>10} {:>10} {:>10} {:>7} {:>10}\n",
-            "config",
-            "stores",
-            "elapsed",
-            "minimum",
-            "ratio",
-            "min@client",
-            "throttled",
-            "eng.retry",
-            "failed",
-            "desc/store"
-        ));
-        for t in &self.throughput {
-            out.push_str(&format!(
-                "{:<50} {:>6} {:>8.1}s {:>8.1}s {:>6.2} {:>9.1}s {:>10} {:>10} {:>7} {:>10.1}\n",
-                t.config,
-                t.stores,
-                t.elapsed_s,
-                t.quota_minimum_s,
-                t.ratio,
-                t.client_minimum_s,
-                t.throttled_by_kms,
-                t.throttles_seen_by_engine,
-                t.failed,
-                t.describe_per_store
-            ));
-        }
-        out.push_str("\nSTEADY STATE (KMS calls of one drift check of every store)\n");
-        out.push_str(&format!(
-            "{:<34} {:>6} {:>10} {:>8} {:>8}\n",
-            "config", "stores", "describes", "other", "in sync"
-        ));
-        for s in &self.steady_state {
-            out.push_str(&format!(
-                "{:<34} {:>6} {:>10} {:>8} {:>8}\n",
-                s.config, s.stores, s.describe_calls, s.other_kms_calls, s.in_sync
-            ));
-        }
-        if let Some(c) = &self.cost {
-            out.push_str(&format!(
-                "\nCOST ({} stores: create + connect + two drift rounds)\noperator CPU {:.2}s, emulator CPU {:.2}s, wall {:.1}s\npeak RSS {:.1} MiB (process, emulator included); RSS {:.1} -> {:.1} MiB\nhow: {}\n",
-                c.stores,
-                c.operator_cpu_s,
-                c.emulator_cpu_s,
-                c.wall_s,
-                c.peak_rss_mib,
-                c.rss_before_mib,
-                c.rss_after_mib,
-                c.how
-            ));
-        }
-        out
-    }
-
-    /// The targets, and whether these figures meet them.
-    fn verdicts(&self) -> String {
-        let mut out = String::from("## Summary against the targets\n\n");
-        let best = self
-            .disruption
-            .iter()
-            .min_by(|a, b| a.overhead_s.total_cmp(&b.overhead_s));
-        if let Some(d) = best {
-            out.push_str(&format!(
-                "- Rotation overhead under 1 s: {} — best {:.2} s ({:.0}% of the window) with {} at {} ms polling.\n",
-                if d.overhead_s < 1.0 { "**met**" } else { "**not met**" },
-                d.overhead_s,
-                d.overhead_share * 100.0,
-                d.config,
-                d.poll_interval_ms
-            ));
-        }
-        if let Some(d) = self.disruption.iter().find(|d| d.config.contains("`run`")) {
-            out.push_str(&format!(
-                "- With `xks-operator run`'s defaults (poll {} s, describe cache TTL {} s) the overhead is {:.2} s.\n",
-                d.poll_interval_ms / 1000,
-                d.describe_cache_ttl_ms / 1000,
-                d.overhead_s
-            ));
-        }
-        if let Some(n) = self.throughput.iter().map(|t| t.stores).max() {
-            for t in self.throughput.iter().filter(|t| t.stores == n) {
-                out.push_str(&format!(
-                    "- {n} stores, {}: {:.2} × the quota minimum ({}), {} throttled, {} failed.\n",
-                    t.config,
-                    t.ratio,
-                    if t.ratio <= 1.10 {
-                        "within 10%: **met**"
-                    } else {
-                        "**not within 10%**"
-                    },
-                    t.throttled_by_kms,
-                    t.failed
-                ));
-            }
-        }
-        for s in self
-            .steady_state
-            .iter()
-            .filter(|s| !s.config.starts_with("no "))
-        {
-            out.push_str(&format!(
-                "- Drift round over {} stores with the describe cache: {} DescribeCustomKeyStores call(s) (target: one paginated listing per account and Region).\n",
-                s.stores, s.describe_calls
-            ));
-        }
-        out.push('\n');
-        out
-    }
-
-    fn markdown(&self, args: &BenchArgs) -> String {
-        let m = &self.machine;
-        let mut out = String::from("# Benchmarks\n\n");
-        out.push_str(
-            "Generated by `ci/bench.sh` (`cargo build --release && ./target/release/xks-operator bench --markdown > BENCHMARKS.md`); do not edit by hand.\n\n",
-        );
-        out.push_str(&format!(
-            "Machine: {} CPUs ({}), {} memory, Linux {}, {} build.\n\nCommand: `{}`\n\n",
-            m.cpus, m.cpu_model, m.memory, m.kernel, m.build, self.command
-        ));
-        out.push_str(&self.verdicts());
-        out.push_str("## Disruption window of an endpoint rotation\n\n");
-        out.push_str("From the DisconnectCustomKeyStore call to the status write that records CONNECTED, against the emulator's DISCONNECTING + CONNECTING time; overhead = window − emulated time (median, min and max over the runs). KMS quota (5/s per operation) enforced by the emulator, client-side limit ");
-        out.push_str(&format!("{}/s.\n\n", args.client_rate));
-        out.push_str("| configuration | poll | describe cache TTL | runs | emulated | window | overhead | share of window | overhead min..max | DISCONNECTED → Connect call |\n|---|---|---|---|---|---|---|---|---|---|\n");
-        for d in &self.disruption {
-            out.push_str(&format!(
-                "| {} | {} ms | {} ms | {} | {:.2} s | {:.2} s | **{:.2} s** | {:.0}% | {:.2}..{:.2} s | {:.2} s |\n",
-                d.config,
-                d.poll_interval_ms,
-                d.describe_cache_ttl_ms,
-                d.runs,
-                d.emulated_transitions_s,
-                d.window_s,
-                d.overhead_s,
-                d.overhead_share * 100.0,
-                d.overhead_min_s,
-                d.overhead_max_s,
-                d.disconnected_to_connect_call_s
-            ));
-        }
-        out.push_str("\nThe emulated transition times are fixed, so every run lands at the same phase between poll ticks and transitions: min and max agree, and the difference between poll intervals mostly reflects that phase (1000 ms polling lines up with 1000 ms transitions). With real, variable transition times expect about half a poll interval per wait (there are two waits) plus about 0.22 s per DescribeCustomKeyStores on the critical path at the 4.5/s client limit (the last column: DISCONNECTED observed → Connect call).\n");
-        out.push_str("\n## Create and connect N stores under the KMS quota\n\n");
-        out.push_str(&format!("The emulator enforces 5 requests/s per operation (token bucket, burst 5) on every operation. {} reconciles at a time, each calling `Engine::reconcile` and sleeping its requeue delays outside the limit (as the controller does). Minimum = (N − 5) / 5 s + the emulated CONNECTING time: N creates and N connects each need N/5 s of quota and overlap. `throttled` counts ThrottlingExceptions the emulator answered (SDK retries included); `engine retries` those that reached the engine.\n\n", args.concurrency));
-        out.push_str("| configuration | stores | elapsed | minimum (KMS 5/s) | ratio | minimum at the client rate | throttled | engine retries | failed | Describe calls per store | calls by operation |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
-        for t in &self.throughput {
-            let calls: Vec<String> = t
-                .calls
-                .iter()
-                .map(|(op, n)| {
-                    format!(
-                        "{}: {n}",
-                        op.trim_end_matches("CustomKeyStores")
-                            .trim_end_matches("CustomKeyStore")
-                    )
-                })
-                .collect();
-            out.push_str(&format!(
-                "| {} | {} | {:.1} s | {:.1} s | **{:.2}** | {:.1} s | {} | {} | {} | {:.1} | {} |\n",
-                t.config,
-                t.stores,
-                t.elapsed_s,
-                t.quota_minimum_s,
-                t.ratio,
-                t.client_minimum_s,
-                t.throttled_by_kms,
-                t.throttles_seen_by_engine,
-                t.failed,
-                t.describe_per_store,
-                calls.join(", ")
-            ));
-        }
-        out.push_str("\n## Steady state: KMS calls of one drift check of every store\n\n");
-        out.push_str("Every store reconciled once (in sync), counted by the emulator (quota lifted: only the count matters).\n\n| configuration | stores | DescribeCustomKeyStores | other KMS calls | in sync |\n|---|---|---|---|---|\n");
-        for s in &self.steady_state {
-            out.push_str(&format!(
-                "| {} | {} | {} | {} | {} |\n",
-                s.config, s.stores, s.describe_calls, s.other_kms_calls, s.in_sync
-            ));
-        }
-        if let Some(c) = &self.cost {
-            out.push_str(&format!(
-                "\n## Operator cost for {} resources\n\nCreate + connect of {} stores, then two drift rounds, in {:.1} s wall time.\n\n| operator CPU | emulator CPU | peak RSS (process, emulator included) | RSS before → after |\n|---|---|---|---|\n| {:.2} s | {:.2} s | {:.1} MiB | {:.1} → {:.1} MiB |\n\nHow: {}\n",
-                c.stores,
-                c.stores,
-                c.wall_s,
-                c.operator_cpu_s,
-                c.emulator_cpu_s,
-                c.peak_rss_mib,
-                c.rss_before_mib,
-                c.rss_after_mib,
-                c.how
-            ));
-        }
-        out
     }
 }

@@ -40,6 +40,10 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// Resources reconciled at the same time by default: waits are requeues,
+/// not held workers, so a few suffice to keep KMS's quota busy.
+pub const DEFAULT_CONCURRENCY: u16 = 4;
+
 /// Flags of `xks-operator run` (the Helm chart passes these).
 #[derive(clap::Args, Clone, Debug)]
 pub struct RunArgs {
@@ -67,7 +71,7 @@ pub struct RunArgs {
     #[arg(long, default_value_t = crate::kms::aws::DEFAULT_RATE_PER_SECOND)]
     pub kms_rate_limit: f64,
     /// Resources reconciled at the same time.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = DEFAULT_CONCURRENCY)]
     pub concurrency: u16,
     /// How long one DescribeCustomKeyStores listing serves the drift checks
     /// of every resource of an account and Region (0s disables the cache).
