@@ -687,3 +687,56 @@ async fn a_pass_waiting_on_kms_describes_the_store_once() {
     assert_eq!(status.connection_state.as_deref(), Some("CONNECTING"));
     assert_eq!(calls(&h, "DescribeCustomKeyStores") - before, 1);
 }
+
+/// The new proxy passed Preflight, then fails the health check after the
+/// update: connecting to it would fail, and stopping would leave the store
+/// disconnected. The operator restores the previous location instead.
+#[tokio::test]
+async fn a_failed_health_check_after_the_update_rolls_back_and_reconnects() {
+    let h = harness().await;
+    let (mut res, mut status) = created(&h).await;
+    res.spec.proxy.uri_endpoint = REPLICA.into();
+    let fleet = h.emu.fleet().clone();
+    let mut sink = Recorder {
+        hook: Some(Box::new(move |s: &ExternalKeyStoreStatus| {
+            let updated = s.operation.as_ref().is_some_and(|o| {
+                o.steps
+                    .iter()
+                    .any(|st| st.name == StepName::Update && st.state == StepState::Succeeded)
+            });
+            if updated {
+                let _ = fleet.set_key_manager_health(
+                    "xks-replica.example.com",
+                    "ekm-1",
+                    KeyManagerHealth::Unavailable,
+                );
+            }
+        })),
+        ..Recorder::default()
+    };
+    let outcome = converge(&h, &res, credential(), &mut status, &mut sink).await;
+    assert_eq!(outcome, Outcome::Stalled);
+    let op = status.operation.as_ref().expect("operation");
+    assert_eq!(op.phase, OperationPhase::RolledBack);
+    let state = |name: StepName| op.steps.iter().find(|s| s.name == name).map(|s| s.state);
+    assert_eq!(state(StepName::HealthCheck), Some(StepState::Failed));
+    // Never connected to the proxy that failed its check.
+    assert_eq!(state(StepName::Connect), Some(StepState::Skipped));
+    assert_eq!(state(StepName::RollbackConnect), Some(StepState::Succeeded));
+    let message = op.message.clone().unwrap_or_default();
+    assert!(
+        message.contains("HealthCheck failed after the update"),
+        "{message}"
+    );
+    let store = &kms_view(&h).await[0];
+    assert_eq!(store.connection_state, ConnectionState::Connected);
+    assert_eq!(
+        store.proxy.as_ref().map(|p| p.uri_endpoint.as_str()),
+        Some(PRIMARY)
+    );
+    assert_eq!(
+        calls(&h, "ConnectCustomKeyStore"),
+        2,
+        "create + rollback only"
+    );
+}

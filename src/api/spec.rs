@@ -77,8 +77,9 @@ pub struct ExternalKeyStoreSpec {
     #[serde(default)]
     pub proxy_checks: ProxyChecks,
 
-    /// `Automatic` (default): if the store fails to connect after a disruptive
-    /// update, restore the previous proxy location and reconnect.
+    /// `Automatic` (default): if the new proxy fails its health check or the
+    /// store fails to connect after a disruptive update, restore the
+    /// previous proxy location and reconnect.
     #[serde(default)]
     pub rollback: RollbackPolicy,
 

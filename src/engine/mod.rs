@@ -514,8 +514,10 @@ impl<K: KeyStores, P: ProxyProbe> Engine<K, P> {
         }
     }
 
-    /// After Connect fails following an update of the proxy location, put
-    /// the previous location back and reconnect (unless disabled).
+    /// After the health check or Connect fails following an update of the
+    /// proxy location, put the previous location back and reconnect (unless
+    /// disabled): the store is disconnected, and stopping there would leave
+    /// its keys unusable until a person acts.
     fn start_rollback(
         &self,
         req: &Request<'_>,
@@ -523,7 +525,7 @@ impl<K: KeyStores, P: ProxyProbe> Engine<K, P> {
         failed: StepName,
         err: &StepError,
     ) -> bool {
-        if failed != StepName::Connect
+        if !matches!(failed, StepName::HealthCheck | StepName::Connect)
             || req.deleting
             || status
                 .operation
@@ -555,8 +557,18 @@ impl<K: KeyStores, P: ProxyProbe> Engine<K, P> {
             return false;
         }
         op.phase = OperationPhase::RollingBack;
+        // The rest of the plan (Connect, after a failed health check) would
+        // go to the proxy that just failed: the rollback replaces it.
+        for step in op
+            .steps
+            .iter_mut()
+            .filter(|s| s.state == StepState::Pending)
+        {
+            step.state = StepState::Skipped;
+            step.message = Some(format!("skipped: {failed:?} failed, rolling back"));
+        }
         op.message = Some(format!(
-            "Connect failed after the update: {}; rolling back to {}{}",
+            "{failed:?} failed after the update: {}; rolling back to {}{}",
             err.message, previous.uri_endpoint, previous.uri_path
         ));
         op.steps.extend(
