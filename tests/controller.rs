@@ -1006,6 +1006,19 @@ async fn the_controller_pushes_a_rotated_secret_without_a_change_of_the_resource
     wait_until("Ready again", || ready(&h)).await;
     running.abort();
     h.assert_secret_never_sent();
+
+    // /metrics counted the passes and steps, and holds neither secret.
+    let metrics = h.ctx.metrics.render().expect("metrics render");
+    assert!(
+        metrics.contains("xks_operator_step_duration_seconds_count{step=\"Update\"} 1"),
+        "{metrics}"
+    );
+    for secret in [
+        SECRET,
+        "rotatedSecretAccessKeyForTheXksProxyPrimary9876543210",
+    ] {
+        assert!(!metrics.contains(secret), "/metrics carries a secret");
+    }
 }
 
 #[tokio::test]
