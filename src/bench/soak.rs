@@ -139,6 +139,12 @@ struct Soak {
     tally: Mutex<Tally>,
 }
 
+/// A poisoned lock only means another task panicked mid-update; the soak
+/// reads on, and its checks report what is wrong.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn host(index: usize, side: char) -> String {
     format!("soak-{index:02}-{side}.example.com")
 }
@@ -226,22 +232,14 @@ impl StatusSink for PassSink<'_> {
             return Err(SinkError("injected API server error".into()));
         }
         let text = serde_json::to_string(status).unwrap_or_default();
-        let secrets = self
-            .member
-            .secrets
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let secrets = lock(&self.member.secrets);
         if secrets.iter().any(|s| text.contains(s.as_str())) {
             self.leaked = Some(format!(
                 "store {}: a status write contains a proxy secret",
                 self.member.index
             ));
         }
-        *self
-            .member
-            .persisted
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = status.clone();
+        *lock(&self.member.persisted) = status.clone();
         if self.crash_after == Some(n) {
             self.crashed = true;
             return Err(SinkError("crash injected after the write".into()));
@@ -310,7 +308,7 @@ impl Soak {
     }
 
     fn tally(&self) -> std::sync::MutexGuard<'_, Tally> {
-        self.tally.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.tally)
     }
 
     fn violation(&self, what: String) {
@@ -329,16 +327,8 @@ impl Soak {
         chaos: bool,
         requested_at: Option<String>,
     ) -> Option<Outcome> {
-        let declared = member
-            .declared
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let mut status = member
-            .persisted
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let declared = lock(&member.declared).clone();
+        let mut status = lock(&member.persisted).clone();
         let request = Request {
             resource: &declared.resource,
             credential: Ok(declared.credential.clone()),
@@ -394,7 +384,7 @@ impl Soak {
                     )
                 }) {
                     let this = (op.started_at.clone(), op.trigger.clone());
-                    let mut counted = member.counted.lock().unwrap_or_else(|p| p.into_inner());
+                    let mut counted = lock(&member.counted);
                     if counted.as_ref() != Some(&this) {
                         *counted = Some(this);
                         *tally
@@ -419,7 +409,7 @@ impl Soak {
     /// must accept now (the documented order: proxies first, then KMS).
     fn change_spec(&self, member: &Member, rng: &mut StdRng) -> Option<ProxyCredential> {
         let mut give_now = None;
-        let mut declared = member.declared.lock().unwrap_or_else(|p| p.into_inner());
+        let mut declared = lock(&member.declared);
         let index = member.index;
         let spec = &mut declared.resource.spec;
         let kind = match rng.random_range(0..10) {
@@ -440,17 +430,9 @@ impl Soak {
                 "rename"
             }
             6..=8 => {
-                let generation = member
-                    .secrets
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .len();
+                let generation = lock(&member.secrets).len();
                 let next = credential(index, generation);
-                member
-                    .secrets
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push(next.expose_secret().to_owned());
+                lock(&member.secrets).push(next.expose_secret().to_owned());
                 declared.credential = next.clone();
                 if rng.random_bool(P_LATE_PROXY_CREDENTIAL) {
                     let after = Duration::from_millis(rng.random_range(500..4000));
@@ -493,7 +475,7 @@ impl Soak {
     /// Rotated secrets whose time has come reach the proxies.
     async fn deliver_late_credentials(&self, member: &Member, now: bool) {
         let due = {
-            let mut declared = member.declared.lock().unwrap_or_else(|p| p.into_inner());
+            let mut declared = lock(&member.declared);
             match &declared.pending_on_proxy {
                 Some((_, at)) if now || Instant::now() >= *at => {
                     declared.pending_on_proxy.take().map(|(c, _)| c)
@@ -514,11 +496,7 @@ impl Soak {
         if member.has_key.load(Ordering::Relaxed) {
             return;
         }
-        let status = member
-            .persisted
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let status = lock(&member.persisted).clone();
         let (Some(id), Some("CONNECTED")) =
             (status.key_store_id, status.connection_state.as_deref())
         else {
@@ -670,28 +648,14 @@ impl Soak {
             }
         }
         for member in &self.members {
-            let wants_connected = member
-                .declared
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .resource
-                .spec
-                .connection_state
+            let wants_connected = lock(&member.declared).resource.spec.connection_state
                 == crate::api::DesiredConnectionState::Connected;
-            let id = member
-                .persisted
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .key_store_id
-                .clone();
+            let id = lock(&member.persisted).key_store_id.clone();
             let connected = stores.iter().any(|s| {
                 s["CustomKeyStoreId"].as_str() == id.as_deref()
                     && s["ConnectionState"] == "CONNECTED"
             });
-            let mut since = member
-                .unavailable_since
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
+            let mut since = lock(&member.unavailable_since);
             match (*since, wants_connected && !connected) {
                 (None, true) => *since = Some(now),
                 (Some(start), false) => {
@@ -720,11 +684,7 @@ impl Soak {
                 _ => tokio::time::sleep(Duration::from_millis(500)).await,
             }
         }
-        let status = member
-            .persisted
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let status = lock(&member.persisted).clone();
         let why = status
             .conditions
             .iter()
@@ -749,16 +709,8 @@ impl Soak {
             ));
         }
         for member in &self.members {
-            let declared = member
-                .declared
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone();
-            let status = member
-                .persisted
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone();
+            let declared = lock(&member.declared).clone();
+            let status = lock(&member.persisted).clone();
             let Some(store) = stores
                 .iter()
                 .find(|s| Some(&s.id) == status.key_store_id.as_ref())
