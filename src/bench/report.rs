@@ -357,7 +357,7 @@ impl Report {
             ));
             out.push_str(&disruption_table(&self.disruption).markdown());
             out.push_str(&format!(
-                "\nThe emulated transition times are fixed, so every run lands at the same phase between poll ticks and transitions, and min and max mostly agree. With real, variable transition times expect up to one poll interval per wait (there are two waits), plus the KMS calls on the critical path, each waiting up to {:.2} s for its turn at the {}/s client limit (the last column: DISCONNECTED observed → Connect call, update and health check included).\n",
+                "\nEach run shifts the emulated transition time within one poll interval, so the runs sample where the end of a transition falls between two poll ticks, as real transitions of varying length do: each of the two waits overshoots by up to one poll interval (min..max), half of one on the median. Add the KMS calls on the critical path, each waiting up to {:.2} s for its turn at the {}/s client limit (the last column: DISCONNECTED observed → Connect call, update and health check included).\n",
                 1.0 / self.client_rate.max(f64::MIN_POSITIVE),
                 self.client_rate
             ));
