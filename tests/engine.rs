@@ -393,24 +393,7 @@ async fn failed_reconnect_rolls_back_to_the_previous_endpoint() {
     let (mut res, mut status) = created(&h).await;
     res.spec.proxy.uri_endpoint = REPLICA.into();
     // The replica dies right after the operator's health check passed.
-    let fleet = h.emu.fleet().clone();
-    let mut sink = Recorder {
-        hook: Some(Box::new(move |s: &ExternalKeyStoreStatus| {
-            let checked = s.operation.as_ref().is_some_and(|o| {
-                o.steps
-                    .iter()
-                    .any(|st| st.name == StepName::HealthCheck && st.state == StepState::Succeeded)
-            });
-            if checked {
-                let _ = fleet.set_key_manager_health(
-                    "xks-replica.example.com",
-                    "ekm-1",
-                    KeyManagerHealth::Unavailable,
-                );
-            }
-        })),
-        ..Recorder::default()
-    };
+    let mut sink = Recorder::replica_dies_after(&h, StepName::HealthCheck);
     let outcome = converge(&h, &res, credential(), &mut status, &mut sink).await;
     assert_eq!(outcome, Outcome::Stalled);
     let op = status.operation.as_ref().expect("operation");
@@ -696,24 +679,7 @@ async fn a_failed_health_check_after_the_update_rolls_back_and_reconnects() {
     let h = harness().await;
     let (mut res, mut status) = created(&h).await;
     res.spec.proxy.uri_endpoint = REPLICA.into();
-    let fleet = h.emu.fleet().clone();
-    let mut sink = Recorder {
-        hook: Some(Box::new(move |s: &ExternalKeyStoreStatus| {
-            let updated = s.operation.as_ref().is_some_and(|o| {
-                o.steps
-                    .iter()
-                    .any(|st| st.name == StepName::Update && st.state == StepState::Succeeded)
-            });
-            if updated {
-                let _ = fleet.set_key_manager_health(
-                    "xks-replica.example.com",
-                    "ekm-1",
-                    KeyManagerHealth::Unavailable,
-                );
-            }
-        })),
-        ..Recorder::default()
-    };
+    let mut sink = Recorder::replica_dies_after(&h, StepName::Update);
     let outcome = converge(&h, &res, credential(), &mut status, &mut sink).await;
     assert_eq!(outcome, Outcome::Stalled);
     let op = status.operation.as_ref().expect("operation");

@@ -47,7 +47,8 @@ const TRANSITION: Duration = Duration::from_millis(300);
 const CONVERGE_WITHIN: Duration = Duration::from_secs(180);
 const KEY_MANAGER: &str = "ekm-1";
 
-/// Probabilities of the chaos; per pass unless said otherwise.
+// Probabilities of the chaos, per pass unless said otherwise.
+
 /// The pass is dropped when a 0-300 ms timer fires, wherever it is then:
 /// most often inside a KMS or proxy call.
 const P_CRASH_TIMER: f64 = 0.15;

@@ -12,7 +12,7 @@ use xks_operator::cli::settle;
 use xks_operator::emulator::config::{
     DEMO_ACCESS_KEY_ID, DEMO_ROTATED_SECRET, DEMO_SECRET, VpcEndpointServiceConfig, demo_proxy,
 };
-use xks_operator::emulator::xks_proxy::ProxyCredentialConfig;
+use xks_operator::emulator::xks_proxy::{KeyManagerHealth, ProxyCredentialConfig};
 use xks_operator::emulator::{self, EmulatorConfig, RunningEmulator};
 use xks_operator::engine::{Engine, EngineOptions, Outcome, Request, SinkError, StatusSink};
 use xks_operator::kms::KeyStores;
@@ -153,6 +153,30 @@ impl StatusSink for Recorder {
 }
 
 impl Recorder {
+    /// A recorder after whose first write showing `step` Succeeded the
+    /// replica proxy's key manager becomes UNAVAILABLE: the replica dies
+    /// right after that step.
+    pub fn replica_dies_after(h: &Harness, step: StepName) -> Self {
+        let fleet = h.emu.fleet().clone();
+        Self {
+            hook: Some(Box::new(move |s: &ExternalKeyStoreStatus| {
+                let passed = s.operation.as_ref().is_some_and(|o| {
+                    o.steps
+                        .iter()
+                        .any(|st| st.name == step && st.state == StepState::Succeeded)
+                });
+                if passed {
+                    let _ = fleet.set_key_manager_health(
+                        "xks-replica.example.com",
+                        "ekm-1",
+                        KeyManagerHealth::Unavailable,
+                    );
+                }
+            })),
+            ..Self::default()
+        }
+    }
+
     pub fn crashing_at(index: usize) -> Self {
         Self {
             crash_at: Some(index),
