@@ -78,6 +78,9 @@ pub struct SoakReport {
     pub fault_episodes: BTreeMap<String, u64>,
     /// Operations by how they ended (Succeeded, Failed, RolledBack).
     pub operations: BTreeMap<String, u64>,
+    /// Operations that ended Failed or RolledBack, by step and condition
+    /// reason (e.g. `Connect: XksProxyNotReachable`).
+    pub failures: BTreeMap<String, u64>,
     pub kms_calls: BTreeMap<String, u64>,
     pub kms_throttled: u64,
     pub kms_errors_injected: u64,
@@ -126,6 +129,7 @@ struct Tally {
     changes: BTreeMap<String, u64>,
     episodes: BTreeMap<String, u64>,
     operations: BTreeMap<String, u64>,
+    failures: BTreeMap<String, u64>,
     max_stores: usize,
     longest_unavailable: Duration,
     violations: Vec<String>,
@@ -392,6 +396,9 @@ impl Soak {
                             .operations
                             .entry(format!("{:?}", op.phase))
                             .or_default() += 1;
+                        if op.phase != OperationPhase::Succeeded {
+                            *tally.failures.entry(failure(&status)).or_default() += 1;
+                        }
                     }
                 }
                 Some(outcome)
@@ -871,6 +878,7 @@ pub async fn run(duration: Duration, stores: usize, seed: u64) -> anyhow::Result
     report.changes = tally.changes;
     report.fault_episodes = tally.episodes;
     report.operations = tally.operations;
+    report.failures = tally.failures;
     report.max_stores_seen = tally.max_stores;
     report.longest_unavailable_s = tally.longest_unavailable.as_secs_f64();
     report.violations = tally.violations;
@@ -896,6 +904,7 @@ impl SoakReport {
         out.push_str(&format!("changes: {}\n", list(&self.changes)));
         out.push_str(&format!("fault episodes: {}\n", list(&self.fault_episodes)));
         out.push_str(&format!("operations ended: {}\n", list(&self.operations)));
+        out.push_str(&format!("failed at: {}\n", list(&self.failures)));
         out.push_str(&format!(
             "KMS: {} throttled, {} 5xx or dropped; calls {}\n",
             self.kms_throttled,
@@ -945,6 +954,10 @@ impl SoakReport {
             ("fault episodes", list(&self.fault_episodes)),
             ("operations ended", list(&self.operations)),
             (
+                "failed or rolled back at (step: reason)",
+                list(&self.failures),
+            ),
+            (
                 "KMS answers injected",
                 format!(
                     "{} throttled, {} 5xx or dropped",
@@ -985,6 +998,26 @@ impl SoakReport {
         }
         out
     }
+}
+
+/// `Connect: XksProxyNotReachable`: the first failed step of the
+/// operation and the reason its Stalled condition gives.
+fn failure(status: &ExternalKeyStoreStatus) -> String {
+    let step = status
+        .operation
+        .as_ref()
+        .and_then(|op| {
+            op.steps
+                .iter()
+                .find(|s| s.state == crate::api::StepState::Failed)
+        })
+        .map_or_else(|| "?".to_string(), |s| format!("{:?}", s.name));
+    let reason = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Stalled" && c.status == "True")
+        .map_or("?", |c| c.reason.as_str());
+    format!("{step}: {reason}")
 }
 
 fn list(map: &BTreeMap<String, u64>) -> String {
