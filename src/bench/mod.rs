@@ -257,6 +257,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             PARTS.join(", ")
         );
     }
+    let run_defaults = crate::controller::Settings::default();
     if wanted("disruption") {
         progress(&args, "disruption window, tuned");
         report.disruption.push(
@@ -295,20 +296,18 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             }
         }
         progress(&args, "disruption window, `run` defaults");
-        let defaults = crate::controller::Settings::default();
         report.disruption.push(
             disruption(
                 &args,
                 &plan,
                 "`run` defaults",
-                defaults.engine.poll_interval,
-                defaults.describe_cache_ttl,
+                run_defaults.engine.poll_interval,
+                run_defaults.describe_cache_ttl,
             )
             .await?,
         );
     }
     let largest = plan.sizes.iter().copied().max().unwrap_or(0);
-    let run_defaults = crate::controller::Settings::default();
     for &n in plan.sizes.iter().filter(|_| wanted("throughput")) {
         let ttl = run_defaults.describe_cache_ttl;
         let rate = args.client_rate;
@@ -418,18 +417,23 @@ fn progress(args: &BenchArgs, what: &str) {
     }
 }
 
+/// Faults of every operation that enforce `per_second` calls, with KMS's
+/// burst, and nothing else.
+fn quota_faults(per_second: f64) -> OperationFaults {
+    OperationFaults {
+        rate_limit: Some(RateLimit {
+            per_second,
+            burst: Some(KMS_BURST),
+        }),
+        ..OperationFaults::default()
+    }
+}
+
 /// The emulator enforces `per_second` calls per operation, KMS's burst.
 fn rate_limited(config: &mut EmulatorConfig, per_second: f64) {
-    config.faults.insert(
-        ALL_OPERATIONS.to_string(),
-        OperationFaults {
-            rate_limit: Some(RateLimit {
-                per_second,
-                burst: Some(KMS_BURST),
-            }),
-            ..OperationFaults::default()
-        },
-    );
+    config
+        .faults
+        .insert(ALL_OPERATIONS.to_string(), quota_faults(per_second));
 }
 
 fn resource(name: &str, endpoint: &str) -> anyhow::Result<ExternalKeyStore> {

@@ -16,12 +16,12 @@
 //! same way.
 
 use super::emulator_process::EmulatorProcess;
-use super::{KMS_BURST, KMS_QUOTA_PER_SECOND, probe};
+use super::{KMS_QUOTA_PER_SECOND, probe, quota_faults, rate_limited};
 use crate::api::{ExternalKeyStore, ExternalKeyStoreStatus, OperationPhase};
 use crate::controller::describe_cache::DescribeCache;
 use crate::emulator::EmulatorConfig;
 use crate::emulator::config::DEMO_URI_PATH;
-use crate::emulator::faults::{ALL_OPERATIONS, OperationFaults, RateLimit};
+use crate::emulator::faults::{ALL_OPERATIONS, OperationFaults};
 use crate::emulator::xks_proxy::{
     ExternalKeyConfig, KeyManagerConfig, KeyManagerHealth, ProxyConfig as EmulatedProxy,
     ProxyCredentialConfig,
@@ -207,14 +207,9 @@ fn proxies(index: usize, credentials: &[ProxyCredential]) -> Vec<EmulatedProxy> 
         .collect()
 }
 
+/// KMS's quota and no fault: the calm between episodes.
 fn quota() -> OperationFaults {
-    OperationFaults {
-        rate_limit: Some(RateLimit {
-            per_second: KMS_QUOTA_PER_SECOND,
-            burst: Some(KMS_BURST),
-        }),
-        ..OperationFaults::default()
-    }
+    quota_faults(KMS_QUOTA_PER_SECOND)
 }
 
 /// Records every write as the API server would, scans it for secrets,
@@ -262,7 +257,7 @@ impl Soak {
             proxies: Vec::new(),
             ..EmulatorConfig::default()
         };
-        config.faults.insert(ALL_OPERATIONS.into(), quota());
+        rate_limited(&mut config, KMS_QUOTA_PER_SECOND);
         let mut members = Vec::with_capacity(stores);
         for index in 0..stores {
             let first = credential(index, 0);
