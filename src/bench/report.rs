@@ -9,13 +9,14 @@ const OVERHEAD_TARGET_S: f64 = 1.0;
 /// Create + connect of N stores within this factor of the quota minimum.
 const THROUGHPUT_TARGET_RATIO: f64 = 1.10;
 
-struct Table {
-    head: Vec<&'static str>,
-    rows: Vec<Vec<String>>,
+/// Rows under a header, rendered as Markdown or aligned text.
+pub(super) struct Table {
+    pub(super) head: Vec<&'static str>,
+    pub(super) rows: Vec<Vec<String>>,
 }
 
 impl Table {
-    fn markdown(&self) -> String {
+    pub(super) fn markdown(&self) -> String {
         let mut out = format!("| {} |\n", self.head.join(" | "));
         out.push_str(&format!("|{}\n", "---|".repeat(self.head.len())));
         for row in &self.rows {
@@ -24,7 +25,7 @@ impl Table {
         out
     }
 
-    fn text(&self) -> String {
+    pub(super) fn text(&self) -> String {
         let widths: Vec<usize> = (0..self.head.len())
             .map(|i| {
                 self.rows

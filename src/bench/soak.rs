@@ -16,6 +16,7 @@
 //! same way.
 
 use super::emulator_process::EmulatorProcess;
+use super::report::Table;
 use super::{KMS_QUOTA_PER_SECOND, probe, quota_faults, rate_limited};
 use crate::api::{ExternalKeyStore, ExternalKeyStoreStatus, OperationPhase};
 use crate::controller::describe_cache::DescribeCache;
@@ -887,56 +888,9 @@ pub async fn run(duration: Duration, stores: usize, seed: u64) -> anyhow::Result
 }
 
 impl SoakReport {
-    pub fn text(&self) -> String {
-        let mut out = format!(
-            "SOAK ({} stores, {:.0} s of random changes, faults and crashes, seed {})\n",
-            self.stores, self.duration_s, self.seed
-        );
-        out.push_str(&format!(
-            "passes {}, crashes mid-pass {}, failed status writes {}\n",
-            self.passes, self.crashes, self.failed_status_writes
-        ));
-        out.push_str(&format!("changes: {}\n", list(&self.changes)));
-        out.push_str(&format!("fault episodes: {}\n", list(&self.fault_episodes)));
-        out.push_str(&format!("operations ended: {}\n", list(&self.operations)));
-        out.push_str(&format!("failed at: {}\n", list(&self.failures)));
-        out.push_str(&format!(
-            "KMS: {} throttled, {} 5xx or dropped; calls {}\n",
-            self.kms_throttled,
-            self.kms_errors_injected,
-            list(&self.kms_calls)
-        ));
-        out.push_str(&format!(
-            "most stores KMS held: {} (resources: {}); longest time a store declared Connected was not CONNECTED: {:.1} s\n",
-            self.max_stores_seen, self.stores, self.longest_unavailable_s
-        ));
-        out.push_str(&format!(
-            "after the faults stopped: in sync within {:.1} s; KMS connects {}/{} stores with only the current secret on the proxies; {} stores hold a KMS key\n",
-            self.converged_in_s, self.credential_checks_passed, self.stores, self.stores_with_keys
-        ));
-        if self.violations.is_empty() {
-            out.push_str("violations: none\n");
-        } else {
-            out.push_str("VIOLATIONS:\n");
-            for v in &self.violations {
-                out.push_str(&format!("  - {v}\n"));
-            }
-        }
-        out
-    }
-
-    pub fn markdown(&self, command: &str) -> String {
-        let mut out = String::from("## Soak: random changes, faults and crashes\n\n");
-        out.push_str(&format!(
-            "`{command}`: {} stores for {:.0} s (seed {}), from creation on. Each store gets a KMS key once it first connects. Each store's driver makes random spec changes (endpoint rotations between two proxies serving the same key, renames, credential rotations, half of them with a new secret under the same access key id and some reaching the proxies only after the operator tried them, connectionState toggles), passes crash and resume from the last status written: {:.0}% when a 0-300 ms timer fires (wherever the pass is then, most often inside a KMS or proxy call), {:.0}% right after one of their first {WRITES_PICKED} status writes (just before the side effect it announced); {:.0}% fail one status write; fault episodes of 1-4 s follow one another on KMS (throttling, KMSInternalException, latency, dropped connections, on top of the 5/s quota) and on the proxies (health flaps). Then the faults stop, late secrets reach the proxies, one reconcile is requested, and every store must converge.\n\n",
-            self.stores,
-            self.duration_s,
-            self.seed,
-            P_CRASH_TIMER * 100.0,
-            P_CRASH_AFTER_WRITE * 100.0,
-            P_FAILED_WRITE * 100.0
-        ));
-        out.push_str("| check | result |\n|---|---|\n");
+    /// What the soak checked and found, one (check, result) row each; the
+    /// text and the Markdown render the same rows.
+    fn table(&self) -> Table {
         let rows = [
             (
                 "passes / crashes mid-pass / failed status writes",
@@ -959,6 +913,7 @@ impl SoakReport {
                     self.kms_throttled, self.kms_errors_injected
                 ),
             ),
+            ("KMS calls", list(&self.kms_calls)),
             (
                 "most stores KMS held (never a second store)",
                 format!("{} for {} resources", self.max_stores_seen, self.stores),
@@ -988,9 +943,37 @@ impl SoakReport {
                 },
             ),
         ];
-        for (check, result) in rows {
-            out.push_str(&format!("| {check} | {result} |\n"));
+        Table {
+            head: vec!["check", "result"],
+            rows: rows
+                .into_iter()
+                .map(|(check, result)| vec![check.to_string(), result])
+                .collect(),
         }
+    }
+
+    pub fn text(&self) -> String {
+        format!(
+            "SOAK ({} stores, {:.0} s of random changes, faults and crashes, seed {})\n{}",
+            self.stores,
+            self.duration_s,
+            self.seed,
+            self.table().text()
+        )
+    }
+
+    pub fn markdown(&self, command: &str) -> String {
+        let mut out = String::from("## Soak: random changes, faults and crashes\n\n");
+        out.push_str(&format!(
+            "`{command}`: {} stores for {:.0} s (seed {}), from creation on. Each store gets a KMS key once it first connects. Each store's driver makes random spec changes (endpoint rotations between two proxies serving the same key, renames, credential rotations, half of them with a new secret under the same access key id and some reaching the proxies only after the operator tried them, connectionState toggles), passes crash and resume from the last status written: {:.0}% when a 0-300 ms timer fires (wherever the pass is then, most often inside a KMS or proxy call), {:.0}% right after one of their first {WRITES_PICKED} status writes (just before the side effect it announced); {:.0}% fail one status write; fault episodes of 1-4 s follow one another on KMS (throttling, KMSInternalException, latency, dropped connections, on top of the 5/s quota) and on the proxies (health flaps). Then the faults stop, late secrets reach the proxies, one reconcile is requested, and every store must converge.\n\n",
+            self.stores,
+            self.duration_s,
+            self.seed,
+            P_CRASH_TIMER * 100.0,
+            P_CRASH_AFTER_WRITE * 100.0,
+            P_FAILED_WRITE * 100.0
+        ));
+        out.push_str(&self.table().markdown());
         out
     }
 }
