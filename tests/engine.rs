@@ -160,12 +160,7 @@ async fn endpoint_change_disconnects_updates_checks_and_reconnects() {
     );
     assert!(all_succeeded(&status));
     assert!(status.operation.as_ref().is_some_and(|o| o.disruptive));
-    let store = &kms_view(&h).await[0];
-    assert_eq!(store.connection_state, ConnectionState::Connected);
-    assert_eq!(
-        store.proxy.as_ref().map(|p| p.uri_endpoint.as_str()),
-        Some(REPLICA)
-    );
+    assert_connected_at(&h, REPLICA).await;
     // Every step was recorded Running before it was recorded Succeeded.
     for name in step_names(&status) {
         let states: Vec<StepState> = sink
@@ -337,12 +332,7 @@ async fn unreachable_new_proxy_leaves_the_store_connected() {
         conditions::get(&status, conditions::STALLED).map(|c| c.reason.as_str()),
         Some("ProxyUnreachable")
     );
-    let store = &kms_view(&h).await[0];
-    assert_eq!(store.connection_state, ConnectionState::Connected);
-    assert_eq!(
-        store.proxy.as_ref().map(|p| p.uri_endpoint.as_str()),
-        Some(PRIMARY)
-    );
+    assert_connected_at(&h, PRIMARY).await;
     assert_eq!(calls(&h, "DisconnectCustomKeyStore"), 0);
 }
 
@@ -401,12 +391,7 @@ async fn failed_reconnect_rolls_back_to_the_previous_endpoint() {
     let message = op.message.clone().unwrap_or_default();
     assert!(message.contains("XKS_PROXY"), "{message}");
     assert!(message.contains(PRIMARY), "{message}");
-    let store = &kms_view(&h).await[0];
-    assert_eq!(store.connection_state, ConnectionState::Connected);
-    assert_eq!(
-        store.proxy.as_ref().map(|p| p.uri_endpoint.as_str()),
-        Some(PRIMARY)
-    );
+    assert_connected_at(&h, PRIMARY).await;
     // Not retried in a loop: the same target stays blocked.
     let again = converge(
         &h,
@@ -694,12 +679,7 @@ async fn a_failed_health_check_after_the_update_rolls_back_and_reconnects() {
         message.contains("HealthCheck failed after the update"),
         "{message}"
     );
-    let store = &kms_view(&h).await[0];
-    assert_eq!(store.connection_state, ConnectionState::Connected);
-    assert_eq!(
-        store.proxy.as_ref().map(|p| p.uri_endpoint.as_str()),
-        Some(PRIMARY)
-    );
+    assert_connected_at(&h, PRIMARY).await;
     assert_eq!(
         calls(&h, "ConnectCustomKeyStore"),
         2,

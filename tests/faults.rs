@@ -382,12 +382,7 @@ async fn kms_internal_errors_are_retried_and_the_store_connects() {
     assert_eq!(outcome, Outcome::InSync);
     assert!(was(&sink, conditions::RECONCILING, "KMSInternal"));
     assert!(ready(&status));
-    let store = &kms_view(&h).await[0];
-    assert_eq!(store.connection_state, ConnectionState::Connected);
-    assert_eq!(
-        store.proxy.as_ref().map(|p| p.uri_endpoint.as_str()),
-        Some(REPLICA)
-    );
+    assert_connected_at(&h, REPLICA).await;
 }
 
 #[tokio::test]
@@ -449,12 +444,7 @@ async fn dropped_connections_while_polling_are_retried() {
         .control()
         .set_operation_faults("DescribeCustomKeyStores", None);
     assert_eq!(outcome, Outcome::InSync, "{:?}", status.conditions);
-    let store = &kms_view(&h).await[0];
-    assert_eq!(store.connection_state, ConnectionState::Connected);
-    assert_eq!(
-        store.proxy.as_ref().map(|p| p.uri_endpoint.as_str()),
-        Some(REPLICA)
-    );
+    assert_connected_at(&h, REPLICA).await;
 }
 
 #[tokio::test]
@@ -462,8 +452,8 @@ async fn a_proxy_health_flap_is_retried_then_the_change_goes_through() {
     let h = harness().await;
     let (mut res, mut status) = created(&h).await;
     res.spec.proxy.uri_endpoint = REPLICA.into();
-    let fleet = h.emu.fleet().clone();
-    fleet
+    h.emu
+        .fleet()
         .set_key_manager_health(
             "xks-replica.example.com",
             "ekm-1",
@@ -471,30 +461,15 @@ async fn a_proxy_health_flap_is_retried_then_the_change_goes_through() {
         )
         .expect("health");
     // The key manager comes back once the operator reported it is waiting.
-    let mut sink = Recorder {
-        hook: Some(Box::new(move |s: &ExternalKeyStoreStatus| {
-            let waiting = conditions::get(s, conditions::RECONCILING)
-                .is_some_and(|c| c.status == "True" && c.reason == "ProxyUnhealthy");
-            if waiting {
-                let _ = fleet.set_key_manager_health(
-                    "xks-replica.example.com",
-                    "ekm-1",
-                    KeyManagerHealth::Active,
-                );
-            }
-        })),
-        ..Recorder::default()
-    };
+    let mut sink = Recorder::replica_health_when(&h, KeyManagerHealth::Active, |s| {
+        conditions::get(s, conditions::RECONCILING)
+            .is_some_and(|c| c.status == "True" && c.reason == "ProxyUnhealthy")
+    });
     let outcome = converge(&h, &res, credential(), &mut status, &mut sink).await;
     assert_eq!(outcome, Outcome::InSync, "{:?}", status.conditions);
     assert!(was(&sink, conditions::RECONCILING, "ProxyUnhealthy"));
     assert!(ready(&status));
-    let store = &kms_view(&h).await[0];
-    assert_eq!(store.connection_state, ConnectionState::Connected);
-    assert_eq!(
-        store.proxy.as_ref().map(|p| p.uri_endpoint.as_str()),
-        Some(REPLICA)
-    );
+    assert_connected_at(&h, REPLICA).await;
 }
 
 #[tokio::test]
@@ -518,12 +493,7 @@ async fn a_proxy_that_stays_unavailable_stalls_before_any_disconnect() {
         was(&sink, conditions::RECONCILING, "ProxyUnhealthy"),
         "retried first"
     );
-    let store = &kms_view(&h).await[0];
-    assert_eq!(store.connection_state, ConnectionState::Connected);
-    assert_eq!(
-        store.proxy.as_ref().map(|p| p.uri_endpoint.as_str()),
-        Some(PRIMARY)
-    );
+    assert_connected_at(&h, PRIMARY).await;
     assert_eq!(calls(&h, "DisconnectCustomKeyStore"), 0);
 }
 

@@ -153,28 +153,35 @@ impl StatusSink for Recorder {
 }
 
 impl Recorder {
-    /// A recorder after whose first write showing `step` Succeeded the
-    /// replica proxy's key manager becomes UNAVAILABLE: the replica dies
-    /// right after that step.
-    pub fn replica_dies_after(h: &Harness, step: StepName) -> Self {
+    /// A recorder that sets the replica proxy's key manager to `health` on
+    /// every write for which `when` holds.
+    pub fn replica_health_when(
+        h: &Harness,
+        health: KeyManagerHealth,
+        when: impl Fn(&ExternalKeyStoreStatus) -> bool + Send + 'static,
+    ) -> Self {
         let fleet = h.emu.fleet().clone();
         Self {
             hook: Some(Box::new(move |s: &ExternalKeyStoreStatus| {
-                let passed = s.operation.as_ref().is_some_and(|o| {
-                    o.steps
-                        .iter()
-                        .any(|st| st.name == step && st.state == StepState::Succeeded)
-                });
-                if passed {
-                    let _ = fleet.set_key_manager_health(
-                        "xks-replica.example.com",
-                        "ekm-1",
-                        KeyManagerHealth::Unavailable,
-                    );
+                if when(s) {
+                    let _ =
+                        fleet.set_key_manager_health("xks-replica.example.com", "ekm-1", health);
                 }
             })),
             ..Self::default()
         }
+    }
+
+    /// The replica dies (its key manager UNAVAILABLE) once a write shows
+    /// `step` Succeeded.
+    pub fn replica_dies_after(h: &Harness, step: StepName) -> Self {
+        Self::replica_health_when(h, KeyManagerHealth::Unavailable, move |s| {
+            s.operation.as_ref().is_some_and(|o| {
+                o.steps
+                    .iter()
+                    .any(|st| st.name == step && st.state == StepState::Succeeded)
+            })
+        })
     }
 
     pub fn crashing_at(index: usize) -> Self {
@@ -241,6 +248,16 @@ pub async fn created(h: &Harness) -> (ExternalKeyStore, ExternalKeyStoreStatus) 
     let outcome = converge(h, &res, credential(), &mut status, &mut Recorder::default()).await;
     assert_eq!(outcome, Outcome::InSync);
     (res, status)
+}
+
+/// KMS's first store is CONNECTED at `endpoint`.
+pub async fn assert_connected_at(h: &Harness, endpoint: &str) {
+    let store = &kms_view(h).await[0];
+    assert_eq!(store.connection_state, ConnectionState::Connected);
+    assert_eq!(
+        store.proxy.as_ref().map(|p| p.uri_endpoint.as_str()),
+        Some(endpoint)
+    );
 }
 
 pub async fn kms_view(h: &Harness) -> Vec<ObservedStore> {
