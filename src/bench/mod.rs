@@ -429,6 +429,20 @@ fn quota_faults(per_second: f64) -> OperationFaults {
     }
 }
 
+/// An emulator for `stores` stores and no proxies yet, whose stores spend
+/// `transition` CONNECTING and DISCONNECTING, under a quota of `per_second`.
+fn fleet_config(stores: usize, transition: Duration, per_second: f64) -> EmulatorConfig {
+    let mut config = EmulatorConfig {
+        connect_delay_ms: transition.as_millis() as u64,
+        disconnect_delay_ms: transition.as_millis() as u64,
+        max_custom_key_stores: stores,
+        proxies: Vec::new(),
+        ..EmulatorConfig::default()
+    };
+    rate_limited(&mut config, per_second);
+    config
+}
+
 /// The emulator enforces `per_second` calls per operation, KMS's burst.
 fn rate_limited(config: &mut EmulatorConfig, per_second: f64) {
     config
@@ -656,14 +670,7 @@ struct Fleet {
 
 impl Fleet {
     async fn start(n: usize, transition: Duration, quota: f64) -> anyhow::Result<Self> {
-        let mut config = EmulatorConfig {
-            connect_delay_ms: transition.as_millis() as u64,
-            disconnect_delay_ms: transition.as_millis() as u64,
-            max_custom_key_stores: n,
-            proxies: Vec::new(),
-            ..EmulatorConfig::default()
-        };
-        rate_limited(&mut config, quota);
+        let mut config = fleet_config(n, transition, quota);
         let mut resources = Vec::with_capacity(n);
         for i in 0..n {
             let host = format!("xks-bench-{i:04}.example.com");

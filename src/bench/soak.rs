@@ -17,10 +17,9 @@
 
 use super::emulator_process::EmulatorProcess;
 use super::report::Table;
-use super::{KMS_QUOTA_PER_SECOND, probe, quota_faults, rate_limited};
+use super::{KMS_QUOTA_PER_SECOND, fleet_config, probe, quota_faults};
 use crate::api::{ExternalKeyStore, ExternalKeyStoreStatus, OperationPhase};
 use crate::controller::describe_cache::DescribeCache;
-use crate::emulator::EmulatorConfig;
 use crate::emulator::config::DEMO_URI_PATH;
 use crate::emulator::faults::{ALL_OPERATIONS, OperationFaults};
 use crate::emulator::xks_proxy::{
@@ -251,14 +250,7 @@ impl StatusSink for PassSink<'_> {
 
 impl Soak {
     async fn start(stores: usize) -> anyhow::Result<Self> {
-        let mut config = EmulatorConfig {
-            connect_delay_ms: TRANSITION.as_millis() as u64,
-            disconnect_delay_ms: TRANSITION.as_millis() as u64,
-            max_custom_key_stores: stores,
-            proxies: Vec::new(),
-            ..EmulatorConfig::default()
-        };
-        rate_limited(&mut config, KMS_QUOTA_PER_SECOND);
+        let mut config = fleet_config(stores, TRANSITION, KMS_QUOTA_PER_SECOND);
         let mut members = Vec::with_capacity(stores);
         for index in 0..stores {
             let first = credential(index, 0);
