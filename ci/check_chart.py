@@ -9,6 +9,12 @@ Run by ci/check-chart.sh (which installs the Python packages). Checks:
    value sets; validate every rendered object against the Kubernetes OpenAPI
    schemas (kubernetes-validate, strict: unknown fields fail) and assert what
    each value set must produce (hardened pod, probes, flags, RBAC, PDB, ...).
+   RBAC: the operator's ServiceAccount gets exactly its rules cluster-wide
+   (watchNamespaces empty) or by a Role in each watched namespace (and then
+   nothing cluster-wide, no ClusterRole rule on Secrets), leases only with
+   leader election; the viewer/editor ClusterRoles for people have exact
+   rules, are bound to nobody and carry the aggregation labels userRoles
+   asks for (view by default, never edit/admin unless asked).
 3. Every ci/values/bad-*.yaml is rejected by schema or template, with the
    message in its `# expect:` first line.
 4. The CRD chart renders exactly crds/externalkeystores.xks-operator.io.yaml
@@ -162,43 +168,167 @@ def flag(args: list[str], name: str) -> str | None:
     return None
 
 
-# What the operator may do, and nothing else: (apiGroup, resource) -> verbs.
-ALLOWED_RULES = {
+def flag_values(args: list[str], name: str) -> list[str]:
+    """Every value of a repeatable flag, in order."""
+    return [args[i + 1] for i, a in enumerate(args[:-1]) if a == name]
+
+
+# What the operator may do in each namespace it watches, and nothing else:
+# (apiGroup, resource) -> verbs. Granted by a ClusterRole when watchNamespaces
+# is empty, else by a Role in each listed namespace.
+OPERATOR_RULES = {
     ("xks-operator.io", "externalkeystores"): {"get", "list", "watch", "patch", "update"},
     ("xks-operator.io", "externalkeystores/status"): {"get", "patch"},
     ("xks-operator.io", "externalkeystores/finalizers"): {"update"},
     ("", "secrets"): {"get", "list", "watch"},
     ("events.k8s.io", "events"): {"create", "patch"},
-    ("coordination.k8s.io", "leases"): {"get", "create", "update", "patch"},
 }
+# The same rules as the chart writes them (templates/_helpers.tpl
+# "xks-operator.operatorRules"): the ClusterRole as it always was, and every
+# namespaced Role, carry exactly this list.
+OPERATOR_RULE_LIST = [
+    {"apiGroups": ["xks-operator.io"], "resources": ["externalkeystores"],
+     "verbs": ["get", "list", "watch", "patch", "update"]},
+    {"apiGroups": ["xks-operator.io"], "resources": ["externalkeystores/status"], "verbs": ["get", "patch"]},
+    {"apiGroups": ["xks-operator.io"], "resources": ["externalkeystores/finalizers"], "verbs": ["update"]},
+    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "watch"]},
+    {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]},
+]
+# Leader election, in the release namespace only.
+LEASE_RULES = {("coordination.k8s.io", "leases"): {"get", "create", "update", "patch"}}
+# The ClusterRoles for people (templates/user-roles.yaml), bound to nobody.
+VIEWER_RULES = {
+    ("xks-operator.io", "externalkeystores"): {"get", "list", "watch"},
+    ("xks-operator.io", "externalkeystores/status"): {"get", "list", "watch"},
+}
+EDITOR_RULES = {
+    ("xks-operator.io", "externalkeystores"):
+        {"get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"},
+    ("xks-operator.io", "externalkeystores/status"): {"get", "list", "watch"},
+}
+AGGREGATE_TO = "rbac.authorization.k8s.io/aggregate-to-"
 
 
-def granted(objs: list[dict]) -> dict:
+def rules_of(role: dict) -> dict:
+    """(apiGroup, resource) -> verbs of one Role or ClusterRole; no wildcards."""
     out: dict = {}
-    for o in objs:
-        if o["kind"] not in ("Role", "ClusterRole"):
-            continue
-        for r in o.get("rules", []):
-            assert "*" not in r.get("verbs", []) and "*" not in r.get("resources", []), f"wildcard in {o['kind']} {r}"
-            for g in r.get("apiGroups", []):
-                for res in r.get("resources", []):
-                    out.setdefault((g, res), set()).update(r["verbs"])
+    for r in role.get("rules") or []:
+        where = f"{role['kind']}/{role['metadata']['name']}: {r}"
+        assert "*" not in r.get("verbs", []) and "*" not in r.get("resources", []), f"wildcard in {where}"
+        assert "*" not in r.get("apiGroups", []) and not r.get("nonResourceURLs"), where
+        for g in r.get("apiGroups", []):
+            for res in r.get("resources", []):
+                out.setdefault((g, res), set()).update(r["verbs"])
     return out
 
 
-def assert_rbac_minimal(objs: list[dict]) -> None:
-    g = granted(objs)
-    for key, verbs in g.items():
-        assert key in ALLOWED_RULES, f"RBAC grants an unexpected resource {key}"
-        extra = verbs - ALLOWED_RULES[key]
-        assert not extra, f"RBAC grants extra verbs {sorted(extra)} on {key}"
-    for key in [k for k in ALLOWED_RULES if k[1] != "leases"]:
-        assert g.get(key) == ALLOWED_RULES[key], f"RBAC for {key} is {g.get(key)}, want {ALLOWED_RULES[key]}"
-    for o in objs:
-        if o["kind"] in ("RoleBinding", "ClusterRoleBinding"):
-            subj = o["subjects"]
-            assert len(subj) == 1 and subj[0]["kind"] == "ServiceAccount", subj
-            assert subj[0]["namespace"] == NAMESPACE, subj
+def merge_rules(a: dict, b: dict) -> dict:
+    out = {k: set(v) for k, v in a.items()}
+    for k, v in b.items():
+        out.setdefault(k, set()).update(v)
+    return out
+
+
+def operator_grants(objs: list[dict], sa: str) -> dict:
+    """What the chart grants its ServiceAccount: "*" (cluster-wide) or a
+    namespace -> (apiGroup, resource) -> verbs. Every binding must bind that
+    ServiceAccount alone, to a role the chart renders."""
+    roles = {(o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"]): o
+             for o in objs if o["kind"] in ("Role", "ClusterRole")}
+    out: dict = {}
+    for b in objs:
+        if b["kind"] not in ("RoleBinding", "ClusterRoleBinding"):
+            continue
+        name = f"{b['kind']}/{b['metadata']['name']}"
+        subj = b["subjects"]
+        assert subj == [{"kind": "ServiceAccount", "name": sa, "namespace": NAMESPACE}], \
+            f"{name} binds {subj}, want only ServiceAccount {NAMESPACE}/{sa}"
+        ref = b["roleRef"]
+        assert ref["apiGroup"] == "rbac.authorization.k8s.io", f"{name}: {ref}"
+        if b["kind"] == "ClusterRoleBinding":
+            assert ref["kind"] == "ClusterRole", f"{name}: {ref}"
+            scope, role = "*", roles.get(("ClusterRole", None, ref["name"]))
+        else:
+            scope = b["metadata"]["namespace"]
+            ns = scope if ref["kind"] == "Role" else None
+            role = roles.get((ref["kind"], ns, ref["name"]))
+        assert role, f"{name} refers to {ref['kind']}/{ref['name']}, which the chart does not render"
+        out[scope] = merge_rules(out.get(scope, {}), rules_of(role))
+    return out
+
+
+def assert_rbac(objs: list[dict], values: dict) -> None:
+    """The operator gets exactly OPERATOR_RULES where it watches (cluster-wide,
+    or in each of watchNamespaces), leases only in the release namespace and
+    only with leader election, and nothing else; no ClusterRole but the
+    cluster-wide operator's grants anything on Secrets."""
+    dep = one(objs, "Deployment")
+    fullname = dep["metadata"]["name"]
+    sa = dep["spec"]["template"]["spec"]["serviceAccountName"]
+    watch = values.get("watchNamespaces") or []
+    leader = values.get("leaderElection", {}).get("enabled", False)
+    grants = operator_grants(objs, sa)
+    if not values.get("rbac", {}).get("create", True):
+        assert not grants, f"rbac.create=false, yet the chart grants {grants}"
+        return
+    want: dict = {}
+    if watch:
+        for ns in watch:
+            want[ns] = dict(OPERATOR_RULES)
+    else:
+        want["*"] = dict(OPERATOR_RULES)
+    if leader:
+        want[NAMESPACE] = merge_rules(want.get(NAMESPACE, {}), LEASE_RULES)
+    assert set(grants) == set(want), \
+        f"the operator is granted access in {sorted(grants)}, want {sorted(want)} (\"*\" = cluster-wide)"
+    for scope, rules in grants.items():
+        assert rules == want[scope], f"{scope}: the operator is granted {rules}, want {want[scope]}"
+    # Its own roles carry the rule list verbatim (one comment per rule in the
+    # template), in every namespace alike.
+    own = [o for o in objs if o["kind"] in ("Role", "ClusterRole") and o["metadata"]["name"] == fullname]
+    assert len(own) == (len(watch) if watch else 1), [f"{o['kind']}/{o['metadata'].get('namespace')}" for o in own]
+    for o in own:
+        assert o["kind"] == ("Role" if watch else "ClusterRole"), f"{o['kind']}/{fullname}"
+        assert o["rules"] == OPERATOR_RULE_LIST, f"{o['kind']} {o['metadata'].get('namespace')}/{fullname}: {o['rules']}"
+    for o in by_kind(objs, "ClusterRole"):
+        if ("", "secrets") in rules_of(o):
+            assert not watch and o["metadata"]["name"] == fullname, \
+                f"ClusterRole/{o['metadata']['name']} grants Secrets cluster-wide (watchNamespaces={watch})"
+    if watch:
+        assert not by_kind(objs, "ClusterRoleBinding"), "watchNamespaces set, yet a ClusterRoleBinding is rendered"
+
+
+def assert_user_roles(objs: list[dict], values: dict) -> None:
+    """The viewer and editor ClusterRoles: exact rules, bound to nobody, and
+    aggregation labels exactly as userRoles asks (view by default, edit and
+    admin only on request)."""
+    ur = values.get("userRoles", {})
+    fullname = one(objs, "Deployment")["metadata"]["name"]
+    names = {f"{fullname}-viewer": ("viewer", VIEWER_RULES), f"{fullname}-editor": ("editor", EDITOR_RULES)}
+    found = {o["metadata"]["name"]: o for o in by_kind(objs, "ClusterRole") if o["metadata"]["name"] in names}
+    others = [o["metadata"]["name"] for o in by_kind(objs, "ClusterRole")
+              if o["metadata"]["name"] not in names and o["metadata"]["name"] != fullname]
+    assert not others, f"unexpected ClusterRoles {others}"
+    if not ur.get("create", True):
+        assert not found, f"userRoles.create=false, yet {sorted(found)} rendered"
+        return
+    assert set(found) == set(names), f"user roles rendered: {sorted(found)}"
+    want_labels = {
+        f"{fullname}-viewer": {"view"} if ur.get("aggregateToView", True) else set(),
+        f"{fullname}-editor": {k for k, v in (("edit", ur.get("aggregateToEdit", False)),
+                                              ("admin", ur.get("aggregateToAdmin", False))) if v},
+    }
+    for name, (what, rules) in names.items():
+        role = found[name]
+        assert rules_of(role) == rules, f"{what} role grants {rules_of(role)}, want {rules}"
+        labels = role["metadata"].get("labels", {})
+        agg = {k[len(AGGREGATE_TO):] for k in labels if k.startswith(AGGREGATE_TO)}
+        assert agg == want_labels[name], f"{what} role is aggregated to {sorted(agg)}, want {sorted(want_labels[name])}"
+        assert all(labels[AGGREGATE_TO + a] == "true" for a in agg), labels
+        assert "aggregationRule" not in role, f"{what} role must not aggregate others"
+    bound = [b["metadata"]["name"] for b in objs if b["kind"] in ("RoleBinding", "ClusterRoleBinding")
+             and b["roleRef"]["name"] in names]
+    assert not bound, f"the chart binds a user role: {bound}"
 
 
 def assert_common(objs: list[dict], values: dict) -> None:
@@ -239,7 +369,9 @@ def assert_common(objs: list[dict], values: dict) -> None:
         }, pdbs
     else:
         assert not pdbs, "a PodDisruptionBudget with one replica would block node drains"
-    assert_rbac_minimal(objs)
+    assert flag_values(args, "--watch-namespace") == (values.get("watchNamespaces") or []), args
+    assert_rbac(objs, values)
+    assert_user_roles(objs, values)
     for o in objs:
         if o["kind"] not in ("ClusterRole", "ClusterRoleBinding"):
             assert o["metadata"].get("namespace"), f"{o['kind']}/{o['metadata']['name']} has no namespace"
@@ -252,7 +384,19 @@ def expect_default(objs, values):
     assert flag(args, "--kms-rate-limit") == "5" and flag(args, "--concurrency") == "4", args
     assert one(objs, "Deployment")["spec"]["strategy"] == {"type": "Recreate"}
     assert {o["kind"] for o in objs} == {"Deployment", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Service"}, {o["kind"] for o in objs}
-    assert ("coordination.k8s.io", "leases") not in granted(objs), "no Lease access without leader election"
+    fullname = one(objs, "Deployment")["metadata"]["name"]
+    crs = {o["metadata"]["name"]: o for o in by_kind(objs, "ClusterRole")}
+    assert set(crs) == {fullname, f"{fullname}-viewer", f"{fullname}-editor"}, sorted(crs)
+    # Cluster-wide, as before watchNamespaces: the ClusterRole with the
+    # operator's rules, bound by a ClusterRoleBinding.
+    assert crs[fullname]["rules"] == OPERATOR_RULE_LIST, crs[fullname]["rules"]
+    assert one(objs, "ClusterRoleBinding")["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": fullname}
+    assert not by_kind(objs, "Role") and not by_kind(objs, "RoleBinding"), "no Lease access without leader election"
+    labels = lambda n: crs[n]["metadata"]["labels"]  # noqa: E731
+    assert labels(f"{fullname}-viewer").get(AGGREGATE_TO + "view") == "true", "viewer not aggregated to view"
+    editor = labels(f"{fullname}-editor")
+    assert AGGREGATE_TO + "edit" not in editor and AGGREGATE_TO + "admin" not in editor, editor
 
 
 def expect_leader(objs, values):
@@ -268,13 +412,42 @@ def expect_leader(objs, values):
 
 def expect_watch_ns(objs, values):
     args = container(objs)["args"]
-    assert flag(args, "--watch-namespace") == "payments", args
+    assert "--watch-namespace team-a --watch-namespace team-b" in " ".join(args), args
     assert flag(args, "--log-format") == "text" and flag(args, "--drift-interval") == "90s", args
-    assert not by_kind(objs, "ClusterRole") and not by_kind(objs, "ClusterRoleBinding"), "namespaced RBAC only"
-    role = [o for o in by_kind(objs, "Role")]
-    assert len(role) == 1 and role[0]["metadata"]["namespace"] == "payments", role
-    rb = one(objs, "RoleBinding")
-    assert rb["metadata"]["namespace"] == "payments", rb
+    fullname = one(objs, "Deployment")["metadata"]["name"]
+    # No ClusterRole or ClusterRoleBinding for the operator; the only
+    # ClusterRoles are the user roles, which grant nothing on Secrets.
+    assert not by_kind(objs, "ClusterRoleBinding"), "namespaced RBAC only"
+    assert sorted(o["metadata"]["name"] for o in by_kind(objs, "ClusterRole")) == \
+        [f"{fullname}-editor", f"{fullname}-viewer"], by_kind(objs, "ClusterRole")
+    assert not [o for o in by_kind(objs, "ClusterRole") if ("", "secrets") in rules_of(o)]
+    for kind in ("Role", "RoleBinding"):
+        where = sorted((o["metadata"]["namespace"], o["metadata"]["name"]) for o in by_kind(objs, kind))
+        assert where == [("team-a", fullname), ("team-b", fullname)], f"{kind}s: {where}"
+    for rb in by_kind(objs, "RoleBinding"):
+        assert rb["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": fullname}, rb
+        assert rb["subjects"] == [{"kind": "ServiceAccount", "name": fullname, "namespace": NAMESPACE}], rb
+    for role in by_kind(objs, "Role"):
+        assert role["rules"] == OPERATOR_RULE_LIST, role
+
+
+def expect_watch_ns_leader(objs, values):
+    args = container(objs)["args"]
+    assert flag_values(args, "--watch-namespace") == [NAMESPACE, "payments"], args
+    assert "--leader-election" in args, args
+    fullname = one(objs, "Deployment")["metadata"]["name"]
+    assert not by_kind(objs, "ClusterRole") and not by_kind(objs, "ClusterRoleBinding"), \
+        "no ClusterRole at all: namespaced operator, no user roles"
+    roles = sorted((o["metadata"]["namespace"], o["metadata"]["name"]) for o in by_kind(objs, "Role"))
+    assert roles == [("payments", fullname), (NAMESPACE, fullname), (NAMESPACE, f"{fullname}-leader-election")], roles
+
+
+def expect_user_roles_aggregated(objs, values):
+    fullname = one(objs, "Deployment")["metadata"]["name"]
+    crs = {o["metadata"]["name"]: o["metadata"]["labels"] for o in by_kind(objs, "ClusterRole")}
+    editor, viewer = crs[f"{fullname}-editor"], crs[f"{fullname}-viewer"]
+    assert editor.get(AGGREGATE_TO + "edit") == "true" and editor.get(AGGREGATE_TO + "admin") == "true", editor
+    assert AGGREGATE_TO + "view" not in viewer, viewer
 
 
 def expect_netpol_sm(objs, values):
@@ -302,6 +475,8 @@ EXPECTATIONS = {
     None: expect_default,
     "leader-election-2-replicas.yaml": expect_leader,
     "watch-namespace.yaml": expect_watch_ns,
+    "watch-namespaces-leader-election.yaml": expect_watch_ns_leader,
+    "user-roles-aggregated.yaml": expect_user_roles_aggregated,
     "networkpolicy-servicemonitor.yaml": expect_netpol_sm,
     "irsa.yaml": expect_irsa,
 }

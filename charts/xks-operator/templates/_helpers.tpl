@@ -62,7 +62,50 @@ what to change. Included from deployment.yaml so it always runs.
 {{- if and (gt (int .Values.replicaCount) 1) (not .Values.leaderElection.enabled) }}
 {{- fail (printf "replicaCount=%d requires leaderElection.enabled=true: without a leader lease several replicas would reconcile the same KMS key stores at once. Set leaderElection.enabled=true or replicaCount=1." (int .Values.replicaCount)) }}
 {{- end }}
-{{- if and .Values.rbac.namespaced (not .Values.watchNamespace) }}
-{{- fail "rbac.namespaced=true requires watchNamespace: a namespaced Role only grants access in one namespace, so the operator must watch only that namespace." }}
+{{- /* Values removed in favour of watchNamespaces. Their old defaults ("" and
+false) mean what an empty watchNamespaces means and are ignored, so that
+`helm upgrade --reuse-values` from an older chart still renders. */}}
+{{- $removed := list }}
+{{- with .Values.watchNamespace }}
+{{- $removed = append $removed (printf "watchNamespace was replaced by watchNamespaces, a list: set watchNamespaces: [%v] and remove watchNamespace (with --reuse-values: --set watchNamespace=null). A non-empty watchNamespaces also grants the operator its access by a Role in each listed namespace instead of a ClusterRole." .) }}
 {{- end }}
+{{- if (.Values.rbac | default dict).namespaced }}
+{{- $removed = append $removed "rbac.namespaced was removed: namespaced RBAC is implied by watchNamespaces (a non-empty list grants the operator a Role + RoleBinding in each listed namespace and nothing cluster-wide). Remove rbac.namespaced (with --reuse-values: --set rbac.namespaced=null) and list the namespaces in watchNamespaces, e.g. watchNamespaces: [payments]." }}
+{{- end }}
+{{- if $removed }}
+{{- fail (join "\n" $removed) }}
+{{- end }}
+{{- end }}
+
+{{/*
+What the operator may do in the namespaces it watches: the rules of its
+ClusterRole (all namespaces) or of its Role in each of watchNamespaces.
+*/}}
+{{- define "xks-operator.operatorRules" -}}
+# Watch the resources it reconciles (get/list/watch), and add or remove its
+# finalizer, which lives on the main resource (patch/update). The operator
+# never creates or deletes ExternalKeyStores.
+- apiGroups: ["xks-operator.io"]
+  resources: ["externalkeystores"]
+  verbs: ["get", "list", "watch", "patch", "update"]
+# Write status (server-side apply = patch); get to read it back.
+- apiGroups: ["xks-operator.io"]
+  resources: ["externalkeystores/status"]
+  verbs: ["get", "patch"]
+# Clusters with the OwnerReferencesPermissionEnforcement admission plugin
+# require update on the finalizers subresource to set finalizers.
+- apiGroups: ["xks-operator.io"]
+  resources: ["externalkeystores/finalizers"]
+  verbs: ["update"]
+# Read the proxy credential Secrets named by spec.proxy.credentialsSecretRef,
+# and watch them so a rotated secret is applied to KMS at once. Read-only:
+# the operator never writes Secrets.
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get", "list", "watch"]
+# Record what it did as Events on the ExternalKeyStore (create, and patch
+# to count repeats of the same event).
+- apiGroups: ["events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create", "patch"]
 {{- end }}
