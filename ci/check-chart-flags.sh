@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The chart passes flags to `xks-operator run` (--listen-addr, --leader-election,
-# --lease-name, --watch-namespace, --log-format, --log-level, --drift-interval,
-# --kms-rate-limit, --concurrency). Fail when the built binary's
-# `run --help` lacks any of them. Pass the binary, default target/debug/xks-operator.
+# --lease-name, --watch-namespace once per watchNamespaces entry, --log-format,
+# --log-level, --drift-interval, --kms-rate-limit, --concurrency). Fail when
+# the built binary's `run --help` lacks any of them, or when `run` rejects the
+# chart's argument list of any ci/values set (checked as `run ARGS... --help`).
+# Pass the binary, default target/debug/xks-operator.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 bin="${1:-$root/target/debug/xks-operator}"

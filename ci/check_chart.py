@@ -34,7 +34,8 @@ Run by ci/check-chart.sh (which installs the Python packages). Checks:
 
 `--write-manifests` regenerates deploy/manifests/xks-operator.yaml instead.
 `--check-flags [BINARY]` checks that `BINARY run --help` knows every flag the
-chart passes (ci/check-chart-flags.sh).
+chart passes, and that `BINARY run` parses the chart's arguments of every
+value set (ci/check-chart-flags.sh).
 
 Prints one line per check and a closing "N passed, N failed" line; exits 1 on
 any failure.
@@ -843,14 +844,19 @@ def check_flux_exprs() -> None:
 
 def check_flags_against_binary(binary: str) -> int:
     """Every flag the chart passes to `xks-operator run` (for every value set)
-    must appear in `xks-operator run --help`."""
+    must appear in `xks-operator run --help`, and the chart's whole argument
+    list must get past run's parser: `BINARY run ARGS... --help` exits 0
+    (clap rejects an unknown flag, or a single-value flag given twice such as
+    a repeated --watch-namespace, before it reaches --help)."""
     import subprocess
     flags: set[str] = set()
+    arg_sets: list[tuple[str, list[str]]] = []
     for path in good_value_files():
         objs = render(OPERATOR_CHART, load_values(path))
         args = container(objs)["args"]
         assert args[0] == "run"
         flags.update(a for a in args if a.startswith("--"))
+        arg_sets.append((rel(path) if path else "default values", args))
     out = subprocess.run([binary, "run", "--help"], capture_output=True, text=True, timeout=60)
     if out.returncode != 0:
         print(f"check-chart-flags: FAIL `{binary} run --help` exited {out.returncode}: {out.stderr.strip()[:300]}")
@@ -858,8 +864,18 @@ def check_flags_against_binary(binary: str) -> int:
     missing = sorted(f for f in flags if not re.search(re.escape(f) + r"(?![A-Za-z0-9-])", out.stdout))
     for f in sorted(flags):
         print(f"{'FAIL' if f in missing else 'ok  '} run {f}")
-    print(f"check-chart-flags: {len(flags) - len(missing)} passed, {len(missing)} failed")
-    return 1 if missing else 0
+    rejected = []
+    for name, args in arg_sets:
+        res = subprocess.run([binary, *args, "--help"], capture_output=True, text=True, timeout=60)
+        ok = res.returncode == 0
+        if not ok:
+            rejected.append(name)
+        first = (res.stderr.strip().splitlines() or [""])[0]
+        print(f"{'ok  ' if ok else 'FAIL'} run parses the args of {name}" + ("" if ok else f": {first[:200]}"))
+    total = len(flags) + len(arg_sets)
+    failed = len(missing) + len(rejected)
+    print(f"check-chart-flags: {total - failed} passed, {failed} failed")
+    return 1 if failed else 0
 
 
 def main() -> int:
