@@ -9,6 +9,7 @@
 
 pub mod api;
 pub mod bench;
+pub mod claims;
 pub mod cli;
 pub mod controller;
 pub mod credentials;

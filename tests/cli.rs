@@ -195,3 +195,80 @@ async fn plan_and_reconcile_from_files() {
     );
     emu.shutdown().await;
 }
+
+/// Two resources of one commit that name the same KMS store: file mode
+/// refuses the one that does not hold it, as the controller would, and
+/// neither `plan` nor `reconcile` touches KMS for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_mode_refuses_a_second_resource_claiming_the_same_store() {
+    let emu = emulator::start(
+        EmulatorConfig {
+            connect_delay_ms: 30,
+            disconnect_delay_ms: 30,
+            ..EmulatorConfig::default()
+        },
+        ([127, 0, 0, 1], 0).into(),
+    )
+    .await
+    .expect("emulator");
+    let kms = emu.kms_endpoint();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = changed_example(&dir, "xks-primary", "xks-primary");
+    // Another namespace, another proxy, the same store name.
+    let copy = std::fs::read_to_string(examples("public-endpoint.yaml"))
+        .expect("example")
+        .replace(
+            "name: payments\n  namespace: default",
+            "name: payments-copy\n  namespace: team-b",
+        )
+        .replace("spec:\n", "spec:\n  keyStoreName: payments\n")
+        .replace("xks-primary", "xks-replica");
+    assert!(copy.contains("namespace: team-b"), "{copy}");
+    std::fs::write(dir.path().join("copy.yaml"), copy).expect("write");
+    std::fs::write(
+        dir.path().join("copy-secret.yaml"),
+        std::fs::read_to_string(examples("credentials-secret.yaml"))
+            .expect("secret")
+            .replace("namespace: default", "namespace: team-b"),
+    )
+    .expect("write");
+
+    let plan = run(&["plan", "-f", &path, "--kms-endpoint", &kms]);
+    assert_eq!(plan.code, 1, "{}", plan.out);
+    assert!(plan.stdout.contains("StoreClaimed"), "{}", plan.stdout);
+    assert!(
+        plan.stdout
+            .contains("held by ExternalKeyStore default/payments"),
+        "{}",
+        plan.stdout
+    );
+
+    let mut args = vec![
+        "reconcile",
+        "-f",
+        path.as_str(),
+        "--kms-endpoint",
+        kms.as_str(),
+    ];
+    let resolve: Vec<String> = emu
+        .proxy_resolve_map()
+        .into_iter()
+        .map(|(h, u)| format!("{h}={u}"))
+        .collect();
+    for r in &resolve {
+        args.extend(["--proxy-resolve", r.as_str()]);
+    }
+    let reconcile = run(&args);
+    assert_eq!(reconcile.code, 1, "{}", reconcile.out);
+    assert!(
+        reconcile.stdout.contains("reason: StoreClaimed"),
+        "{}",
+        reconcile.stdout
+    );
+    assert_eq!(emu.control().requests("CreateCustomKeyStore"), 1);
+    assert_eq!(
+        emu.control().requests("UpdateCustomKeyStore"),
+        0,
+        "the copy rewrote the store"
+    );
+}

@@ -964,6 +964,7 @@ async fn the_controller_pushes_a_rotated_secret_without_a_change_of_the_resource
     let h = Harness::new(resource(json!({}), json!({}), None), FakeKms::default());
     let client = h.ctx.client.clone();
     let controller = controller_for(
+        &h.ctx.cache,
         Api::<ExternalKeyStore>::all(client.clone()),
         Api::<Secret>::all(client),
         2,
@@ -1138,6 +1139,7 @@ async fn the_controller_runs_the_real_kms_adapter_against_the_emulator() {
     ));
     let running = tokio::spawn(
         controller_for(
+            &ctx.cache,
             Api::<ExternalKeyStore>::all(client.clone()),
             Api::<Secret>::all(client),
             2,

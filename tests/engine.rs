@@ -599,6 +599,7 @@ async fn deletion_needs_no_credential_and_waits_while_suspended() {
         approved: false,
         deleting: true,
         requested_at: None,
+        rivals: Vec::new(),
     };
     let outcome = settle(
         &h.engine,
@@ -619,6 +620,7 @@ async fn deletion_needs_no_credential_and_waits_while_suspended() {
         approved: false,
         deleting: true,
         requested_at: None,
+        rivals: Vec::new(),
     };
     let mut deleting = status.clone();
     let outcome = settle(

@@ -133,11 +133,22 @@ pub struct Step {
     pub message: Option<String>,
     /// How many times its KMS or proxy call was issued.
     #[serde(default, skip_serializing_if = "is_zero")]
+    #[schemars(schema_with = "attempts_schema")]
     pub attempts: u32,
 }
 
 fn is_zero(n: &u32) -> bool {
     *n == 0
+}
+
+/// A count as Kubernetes knows it: `format: int32` (schemars would say
+/// `uint32`, which the API server warns about on every apply).
+fn attempts_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "integer",
+        "format": "int32",
+        "minimum": 0
+    })
 }
 
 impl Step {

@@ -468,6 +468,7 @@ fn request(res: &ExternalKeyStore) -> Request<'_> {
         approved: false,
         deleting: false,
         requested_at: None,
+        rivals: Vec::new(),
     }
 }
 

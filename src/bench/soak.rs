@@ -328,6 +328,7 @@ impl Soak {
             approved: false,
             deleting: false,
             requested_at,
+            rivals: Vec::new(),
         };
         let mut pick =
             |p: f64| (chaos && rng.random_bool(p)).then(|| rng.random_range(0..WRITES_PICKED));

@@ -180,6 +180,7 @@ async fn apply(
         approved: false,
         deleting: false,
         requested_at: None,
+        rivals: Vec::new(),
     };
     let outcome = settle(engine, &request, status, &mut sink, SETTLE).await?;
     if let Some(op) = &status.operation {

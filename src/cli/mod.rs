@@ -5,6 +5,7 @@ pub mod files;
 pub mod table;
 
 use crate::api::{ExternalKeyStore, ExternalKeyStoreStatus};
+use crate::claims::{self, Claimant, Scope};
 use crate::engine::{Engine, EngineOptions, Outcome, Request, StatusSink};
 use crate::kms::KeyStores;
 use crate::kms::aws::AwsKeyStores;
@@ -33,14 +34,38 @@ pub struct Target {
     pub proxy_resolve: Vec<(String, String)>,
 }
 
-fn parse_resolve(s: &str) -> Result<(String, String), String> {
+pub fn parse_resolve(s: &str) -> Result<(String, String), String> {
     let (host, url) = s
         .split_once('=')
         .ok_or_else(|| "expected host=URL".to_string())?;
     Ok((host.to_string(), url.to_string()))
 }
 
+impl Manifests {
+    /// The claim of `store` on a KMS store, in file mode.
+    fn claimant(&self, store: &ExternalKeyStore, target: &Target) -> Claimant {
+        Claimant::of(store, None, target.scope_for(store))
+    }
+
+    /// The claims of every other resource of the manifests: two resources
+    /// naming one store are refused just as in a cluster.
+    fn rivals(&self, store: &ExternalKeyStore, target: &Target) -> Vec<Claimant> {
+        self.stores
+            .iter()
+            .filter(|other| !std::ptr::eq(*other, store))
+            .map(|other| self.claimant(other, target))
+            .collect()
+    }
+}
+
 impl Target {
+    pub fn scope_for(&self, store: &ExternalKeyStore) -> Scope {
+        Scope {
+            account: None,
+            region: self.region_for(store),
+        }
+    }
+
     pub fn region_for(&self, store: &ExternalKeyStore) -> String {
         store
             .spec
@@ -88,6 +113,14 @@ pub async fn plan_command(
         );
         if let Err(problem) = crate::api::validate::validate_resource(store, None) {
             println!("  INVALID: {problem}\n");
+            invalid_any = true;
+            continue;
+        }
+        if let Some(claimed) = claims::yields_to(
+            &manifests.claimant(store, target),
+            &manifests.rivals(store, target),
+        ) {
+            println!("  REFUSED ({}): {}\n", claims::REASON, claimed.message());
             invalid_any = true;
             continue;
         }
@@ -210,6 +243,7 @@ pub async fn reconcile_command(
             approved: crate::api::is_approved(store),
             deleting: delete,
             requested_at: None,
+            rivals: manifests.rivals(store, target),
         };
         let outcome = settle(&engine, &request, &mut status, &mut sink, timeout).await?;
         if !matches!(

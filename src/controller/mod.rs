@@ -7,6 +7,7 @@
 //! `reconcile` is generic over a [`Backend`] (where KMS and the proxy probe
 //! come from) so tests run it against fakes and a mocked API server.
 
+pub mod cache;
 pub mod describe_cache;
 pub mod http;
 pub mod leader;
@@ -24,13 +25,13 @@ use crate::kms::aws::AwsKeyStores;
 use crate::xks::ProxyProbe;
 use crate::xks::probe::{HttpProxyProbe, ProbeOptions};
 use anyhow::{Context as _, bail};
+use cache::ResourceCache;
 use describe_cache::DescribeCache;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::ListParams;
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::Store;
 use kube::runtime::watcher;
 use kube::{Api, Client};
 use metrics::Metrics;
@@ -57,10 +58,11 @@ pub struct RunArgs {
     /// Name of the leader-election Lease.
     #[arg(long, default_value = "xks-operator-leader")]
     pub lease_name: String,
-    /// Watch ExternalKeyStores (and Secrets) in this namespace only.
-    /// Default: all namespaces.
-    #[arg(long)]
-    pub watch_namespace: Option<String>,
+    /// Watch ExternalKeyStores (and their Secrets) in this namespace only;
+    /// repeat it, or separate names with commas, for several. Default: all
+    /// namespaces.
+    #[arg(long, value_delimiter = ',')]
+    pub watch_namespace: Vec<String>,
     /// Default interval of the drift check against KMS (e.g. 30s, 5m, 1h);
     /// `spec.driftInterval` overrides it per resource.
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
@@ -77,6 +79,11 @@ pub struct RunArgs {
     /// of every resource of an account and Region (0s disables the cache).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub describe_cache_ttl: Duration,
+    /// Reach a proxy host at another base URL for the operator's own proxy
+    /// checks: host=URL (repeatable). For test environments such as the
+    /// emulator; KMS resolves proxy hosts itself.
+    #[arg(long = "proxy-resolve", value_parser = crate::cli::parse_resolve)]
+    pub proxy_resolve: Vec<(String, String)>,
 }
 
 /// Parses `30s`, `5m`, `1h`, or a sum of them such as `1h30m`.
@@ -136,15 +143,18 @@ pub struct AwsBackend {
 }
 
 impl AwsBackend {
-    pub async fn new(rate_limit: f64) -> anyhow::Result<Self> {
+    pub async fn new(rate_limit: f64, proxy_resolve: &[(String, String)]) -> anyhow::Result<Self> {
         let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
         let default_region = config.region().map(|r| r.to_string());
         match &default_region {
             Some(region) => tracing::info!(%region, "default AWS Region"),
             None => tracing::warn!("no default AWS Region: resources must set spec.region"),
         }
-        let probe = HttpProxyProbe::new(ProbeOptions::default())
-            .context("building the proxy HTTP client")?;
+        let probe = HttpProxyProbe::new(ProbeOptions {
+            resolve: proxy_resolve.iter().cloned().collect(),
+            ..ProbeOptions::default()
+        })
+        .context("building the proxy HTTP client")?;
         Ok(Self {
             rate_limit,
             default_region,
@@ -224,6 +234,8 @@ pub struct Context<B: Backend> {
     pub settings: Settings,
     /// The status last written per resource (newer than the watch cache).
     pub statuses: status::StatusMemory,
+    /// Every watched resource, for the claim rule.
+    pub cache: ResourceCache,
     engines: tokio::sync::Mutex<HashMap<String, Arc<RegionEngine<B>>>>,
 }
 
@@ -240,6 +252,7 @@ impl<B: Backend> Context<B> {
             metrics,
             settings,
             statuses: status::StatusMemory::default(),
+            cache: ResourceCache::default(),
             engines: tokio::sync::Mutex::default(),
         }
     }
@@ -304,17 +317,25 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         readiness.set_standby(false);
     }
 
-    let stores_api: Api<ExternalKeyStore> = match &args.watch_namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
+    // One watch per namespace (or one for the cluster): a namespaced
+    // install has no right to list anything cluster-wide.
+    let scopes: Vec<Option<&str>> = if args.watch_namespace.is_empty() {
+        vec![None]
+    } else {
+        args.watch_namespace
+            .iter()
+            .map(|ns| Some(ns.as_str()))
+            .collect()
     };
-    let secrets_api: Api<Secret> = match &args.watch_namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
+    let stores_api = |ns: Option<&str>| -> Api<ExternalKeyStore> {
+        ns.map_or_else(
+            || Api::all(client.clone()),
+            |ns| Api::namespaced(client.clone(), ns),
+        )
     };
     let any_resource;
     tokio::select! {
-        any = wait_for_crd(&stores_api) => any_resource = any,
+        any = wait_for_crd(scopes.iter().map(|ns| stores_api(*ns)).collect()) => any_resource = any,
         () = shutdown_signal() => {
             tracing::info!("stopping before the ExternalKeyStore CRD appeared");
             let _ = stop_http.send(());
@@ -325,7 +346,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     }
 
-    let backend = AwsBackend::new(args.kms_rate_limit).await?;
+    let backend = AwsBackend::new(args.kms_rate_limit, &args.proxy_resolve).await?;
     metrics.set_kms_source(backend.stats_source());
     let settings = Settings {
         drift_interval: args.drift_interval,
@@ -338,11 +359,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         metrics.clone(),
         settings,
     ));
-
-    let mut controller = controller_for(stores_api, secrets_api, args.concurrency);
-    let store = controller.store();
-    metrics.set_store_source(Box::new(move || stores_by_state(&store)));
-    // Readiness is not taken from `store.wait_until_ready()`: that future
+    let cache = ctx.cache.clone();
+    metrics.set_store_source(Box::new(move || stores_by_state(&cache)));
+    // Readiness is not taken from `Store::wait_until_ready()`: that future
     // wakes only its latest poller, and the controller's own runner waits on
     // it too, so a second waiter could miss (or steal) the wake-up. The
     // runner reconciles only once the store has synced, so its first result
@@ -351,20 +370,28 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         tracing::info!("no ExternalKeyStore yet: ready");
         readiness.set_synced(true);
     }
-    controller = controller
+    let lost = leadership.as_mut().map(|l| l.lost().shared());
+    let runs = scopes.iter().map(|ns| {
+        let secrets_api: Api<Secret> = ns.map_or_else(
+            || Api::all(client.clone()),
+            |ns| Api::namespaced(client.clone(), ns),
+        );
         // SIGTERM lets running reconciles finish: a step between its KMS
         // call and its status write is never abandoned.
-        .shutdown_on_signal();
-    if let Some(l) = leadership.as_mut() {
-        controller = controller.graceful_shutdown_on(l.lost());
-    }
+        let mut controller =
+            controller_for(&ctx.cache, stores_api(*ns), secrets_api, args.concurrency)
+                .shutdown_on_signal();
+        if let Some(lost) = &lost {
+            controller = controller.graceful_shutdown_on(lost.clone());
+        }
+        controller.run(reconcile, error_policy, ctx.clone()).boxed()
+    });
     tracing::info!(
-        namespace = args.watch_namespace.as_deref().unwrap_or("<all>"),
+        namespaces = %if args.watch_namespace.is_empty() { "<all>".to_string() } else { args.watch_namespace.join(",") },
         concurrency = args.concurrency,
         "controller started"
     );
-    controller
-        .run(reconcile, error_policy, ctx)
+    futures::stream::select_all(runs)
         .for_each(|result| {
             if matches!(result, Ok(_) | Err(controller::Error::ReconcilerFailed(..)))
                 && !readiness.is_ready()
@@ -405,15 +432,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
 /// The Controller on `stores`, also woken by changes of the Secrets in
 /// `secrets` that resources reference (a rotated credential is pushed to
-/// KMS without anyone touching the resource).
+/// KMS without anyone touching the resource). Its watch joins `cache`.
 pub fn controller_for(
+    cache: &ResourceCache,
     stores: Api<ExternalKeyStore>,
     secrets: Api<Secret>,
     concurrency: u16,
 ) -> Controller<ExternalKeyStore> {
-    let controller = Controller::new(stores, watcher::Config::default());
-    let store = controller.store();
-    controller
+    let (reader, changes) = cache.watch(stores);
+    let store = reader.clone();
+    Controller::for_stream(changes, reader)
         .watches(secrets, watcher::Config::default(), move |secret| {
             secrets::stores_using(&store, &secret)
         })
@@ -431,25 +459,32 @@ fn pod_namespace() -> anyhow::Result<String> {
         .context("--leader-election needs POD_NAMESPACE (or the service account namespace file)")
 }
 
-/// Until the ExternalKeyStore API answers: while the CRD is missing, say
-/// so every few seconds instead of crash-looping. Returns whether any
-/// resource exists.
-async fn wait_for_crd(api: &Api<ExternalKeyStore>) -> bool {
-    let mut delay = Duration::from_secs(2);
-    loop {
-        match api.list_metadata(&ListParams::default().limit(1)).await {
-            Ok(list) => return !list.items.is_empty(),
-            Err(e) => {
-                tracing::warn!(
-                    error = %e,
-                    retry_in = ?delay,
-                    "cannot list ExternalKeyStores: is the CRD installed (chart xks-operator-crds) and does RBAC allow it? Retrying"
-                );
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(30));
+/// Until the ExternalKeyStore API answers in every watched scope: while
+/// the CRD (or RBAC) is missing, say so every few seconds instead of
+/// crash-looping. Returns whether any resource exists.
+async fn wait_for_crd(apis: Vec<Api<ExternalKeyStore>>) -> bool {
+    let mut any = false;
+    for api in apis {
+        let mut delay = Duration::from_secs(2);
+        loop {
+            match api.list_metadata(&ListParams::default().limit(1)).await {
+                Ok(list) => {
+                    any |= !list.items.is_empty();
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        error = %e,
+                        retry_in = ?delay,
+                        "cannot list ExternalKeyStores: is the CRD installed (chart xks-operator-crds) and does RBAC allow it? Retrying"
+                    );
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(30));
+                }
             }
         }
     }
+    any
 }
 
 /// SIGTERM or Ctrl+C, for the phases before the controller runs.
@@ -474,9 +509,9 @@ async fn shutdown_signal() {
     }
 }
 
-fn stores_by_state(store: &Store<ExternalKeyStore>) -> BTreeMap<String, u64> {
+fn stores_by_state(cache: &ResourceCache) -> BTreeMap<String, u64> {
     let mut counts = BTreeMap::new();
-    for s in store.state() {
+    for s in cache.resources() {
         let state = s
             .status
             .as_ref()

@@ -7,6 +7,7 @@ use super::{Backend, Context, parse_duration, secrets};
 use crate::api::{
     APPROVE_ANNOTATION, DeletionPolicy, ExternalKeyStore, FINALIZER, FLUX_REQUESTED_AT,
 };
+use crate::claims::Scope;
 use crate::engine::conditions::{self, STALLED, Summary};
 use crate::engine::{Clock, EngineError, Outcome, Request, SinkError, StatusSink, SystemClock};
 use crate::error::ErrorCategory;
@@ -16,6 +17,11 @@ use kube::runtime::events::EventType;
 use kube::{Api, ResourceExt};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// How soon a resource that yields to another looks again.
+const CLAIM_RECHECK: Duration = Duration::from_secs(15);
+/// How soon to look again while the watch caches are still listing.
+const CACHE_WAIT: Duration = Duration::from_secs(1);
 
 /// Why a reconcile pass stopped without a status record of it; the
 /// controller retries after `Settings::error_requeue`.
@@ -129,6 +135,24 @@ pub async fn reconcile<B: Backend>(
         return Ok(Action::await_change());
     };
 
+    // The claim rule needs every watched resource: until each listing is
+    // complete, a holder could be missing from it.
+    if !ctx.cache.synced() {
+        return Ok(Action::requeue(CACHE_WAIT));
+    }
+    let default_region = ctx.backend.default_region();
+    let rivals = ctx.cache.rivals(&uid, &ctx.statuses, |other| {
+        let region = other
+            .spec
+            .region
+            .clone()
+            .or_else(|| default_region.clone())?;
+        Some(Scope {
+            account: None,
+            region,
+        })
+    });
+
     let credential = secrets::read_credential(
         ctx.client.clone(),
         &namespace,
@@ -148,6 +172,7 @@ pub async fn reconcile<B: Backend>(
         approved,
         deleting,
         requested_at: annotations.get(FLUX_REQUESTED_AT).cloned(),
+        rivals,
     };
     let engine = ctx.engine(&region).await;
     let outcome = engine.reconcile(&request, &mut status, &mut sink).await?;
@@ -168,6 +193,25 @@ pub async fn reconcile<B: Backend>(
             tracing::info!(%namespace, %name, "released (deletionPolicy Delete)");
             Action::await_change()
         }
+        Outcome::Claimed if deleting => {
+            // Not the holder: the store is someone else's, leave it be.
+            remove_finalizer(&api, &obj, sink.resource_version()).await?;
+            ctx.statuses.forget(&uid);
+            let held =
+                conditions::get(&status, STALLED).map_or_else(String::new, |c| c.message.clone());
+            sink.event(
+                EventType::Normal,
+                "Released",
+                "Delete",
+                &format!("the store was left untouched: {held}"),
+            )
+            .await;
+            tracing::info!(%namespace, %name, "released without touching a store another resource holds");
+            Action::await_change()
+        }
+        // Nothing wakes a resource when its holder goes away: look again
+        // soon (a cache lookup, no API or KMS call while nothing changes).
+        Outcome::Claimed => Action::requeue(jitter(CLAIM_RECHECK.min(drift))),
         Outcome::Requeue(after) => Action::requeue(after),
         Outcome::Stalled => {
             let reason = conditions::get(&status, STALLED).map_or("Stalled", |c| c.reason.as_str());

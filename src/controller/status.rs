@@ -27,7 +27,7 @@ impl StatusMemory {
     pub fn get(&self, uid: &str) -> Option<ExternalKeyStoreStatus> {
         self.lock().get(uid).cloned()
     }
-    fn put(&self, uid: &str, status: &ExternalKeyStoreStatus) {
+    pub fn remember(&self, uid: &str, status: &ExternalKeyStoreStatus) {
         self.lock().insert(uid.to_string(), status.clone());
     }
     pub fn forget(&self, uid: &str) {
@@ -236,7 +236,7 @@ impl StatusSink for StatusWriter<'_> {
             self.announce(status).await;
         }
         if !self.uid.is_empty() {
-            self.memory.put(&self.uid, status);
+            self.memory.remember(&self.uid, status);
         }
         self.last = Some(status.clone());
         Ok(())

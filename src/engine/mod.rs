@@ -16,6 +16,7 @@ use crate::api::{
     DisruptiveUpdates, ExternalKeyStore, ExternalKeyStoreStatus, ManagementPolicy, ObservedProxy,
     Operation, OperationPhase, Step, StepName, StepState,
 };
+use crate::claims::{self, Claimant, Claimed, Scope};
 use crate::credentials::{self, CredentialError};
 use crate::error::ErrorCategory;
 use crate::kms::{KeyStores, KmsError};
@@ -107,6 +108,9 @@ pub struct Request<'a> {
     pub deleting: bool,
     /// Value of `reconcile.fluxcd.io/requestedAt`, if any.
     pub requested_at: Option<String>,
+    /// The other resources that may name the same store (the claim rule:
+    /// a store is acted on by one resource only). Empty: no other resource.
+    pub rivals: Vec<Claimant>,
 }
 
 /// What the caller should do next.
@@ -126,6 +130,9 @@ pub enum Outcome {
     Suspended,
     /// Deletion is complete on the KMS side: the finalizer may go.
     Released,
+    /// Another resource holds the store: nothing was changed, and on
+    /// deletion the finalizer may go with the store untouched.
+    Claimed,
 }
 
 pub struct Engine<K, P> {
@@ -193,6 +200,12 @@ impl<K: KeyStores, P: ProxyProbe> Engine<K, P> {
             status.last_handled_reconcile_at = Some(requested.clone());
         }
 
+        // Before any KMS call: a store another resource holds is not ours.
+        let me = self.claimant(res, status);
+        if let Some(claimed) = claims::yields_to(&me, &req.rivals) {
+            return self.yield_to(status, sink, &claimed, generation).await;
+        }
+
         // An invalid spec must not keep a deleted resource Terminating:
         // deletion only needs the store the status recorded.
         if !req.deleting
@@ -238,6 +251,14 @@ impl<K: KeyStores, P: ProxyProbe> Engine<K, P> {
             Ok(o) => o,
             Err(e) => return self.kms_trouble(status, sink, &e, generation).await,
         };
+        // The store found by name may be one another resource records by
+        // id: checked before this resource records it as its own.
+        if let Some(store) = &observed
+            && let Some(claimed) =
+                claims::yields_to(&me.having_observed(&store.id, &store.name), &req.rivals)
+        {
+            return self.yield_to(status, sink, &claimed, generation).await;
+        }
         record_observation(status, observed.as_ref());
         status.observed_generation = generation;
 
@@ -622,6 +643,32 @@ impl<K: KeyStores, P: ProxyProbe> Engine<K, P> {
         // Whatever the steps did, Ready is decided by what KMS reports next.
         sink.write(status).await?;
         Ok(Outcome::Requeue(Duration::ZERO))
+    }
+
+    /// This resource's claim on a store, in this engine's account and Region.
+    pub fn claimant(&self, res: &ExternalKeyStore, status: &ExternalKeyStoreStatus) -> Claimant {
+        Claimant::of(res, Some(status), self.scope())
+    }
+
+    /// The account and Region this engine acts in.
+    pub fn scope(&self) -> Scope {
+        Scope {
+            account: None,
+            region: self.region.clone(),
+        }
+    }
+
+    /// Another resource holds the store: say so, change nothing.
+    async fn yield_to<S: StatusSink>(
+        &self,
+        status: &mut ExternalKeyStoreStatus,
+        sink: &mut S,
+        claimed: &Claimed,
+        generation: Option<i64>,
+    ) -> Result<Outcome, EngineError> {
+        self.stall_with(status, sink, claims::REASON, &claimed.message(), generation)
+            .await?;
+        Ok(Outcome::Claimed)
     }
 
     async fn stall<S: StatusSink>(

@@ -203,6 +203,7 @@ pub fn request(res: &ExternalKeyStore, credential: ProxyCredential) -> Request<'
         approved: false,
         deleting: false,
         requested_at: None,
+        rivals: Vec::new(),
     }
 }
 
