@@ -1,6 +1,5 @@
 use clap::{Parser, Subcommand};
 use kube::CustomResourceExt;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use xks_operator::api::ExternalKeyStore;
@@ -34,6 +33,7 @@ enum Command {
     /// Run against an embedded KMS + XKS proxy emulator: create and connect a
     /// store, rotate its endpoint (disconnect → update → health check →
     /// reconnect), refuse bad changes. Needs no cloud and no cluster.
+    #[cfg(feature = "emulator")]
     Demo,
     /// Print the steps a change would take and whether it disconnects the
     /// store, changing nothing. Usable as a GitOps pull-request check.
@@ -62,10 +62,12 @@ enum Command {
         #[arg(long, default_value_t = 600)]
         timeout_seconds: u64,
     },
-    /// Serve the KMS custom-key-store emulator and XKS proxy emulator.
+    /// Serve the KMS custom-key-store emulator and XKS proxy emulator (also
+    /// its own program: xks-emulator).
+    #[cfg(feature = "emulator")]
     Emulator {
         #[arg(long, default_value = "127.0.0.1:4566")]
-        listen: SocketAddr,
+        listen: std::net::SocketAddr,
         /// Emulator configuration (YAML); see docs/emulator.md.
         #[arg(long)]
         config: Option<PathBuf>,
@@ -74,6 +76,7 @@ enum Command {
     Crd,
     /// Measure disruption windows, KMS quota use and operator cost against
     /// the embedded emulator (see BENCHMARKS.md).
+    #[cfg(feature = "emulator")]
     Bench(xks_operator::bench::BenchArgs),
 }
 
@@ -95,6 +98,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.log_level, cli.log_format);
     let result: anyhow::Result<i32> = match cli.command {
+        #[cfg(feature = "emulator")]
         Command::Demo => cli::demo::run().await.map(|()| 0),
         Command::Plan {
             files,
@@ -115,10 +119,12 @@ async fn main() -> ExitCode {
             )
             .await
         }
-        Command::Emulator { listen, config } => xks_operator::emulator::run_cli(listen, config)
-            .await
-            .map(|()| 0),
+        #[cfg(feature = "emulator")]
+        Command::Emulator { listen, config } => {
+            xks_emulator::run_cli(listen, config).await.map(|()| 0)
+        }
         Command::Run(args) => xks_operator::controller::run(args).await.map(|()| 0),
+        #[cfg(feature = "emulator")]
         Command::Bench(args) => xks_operator::bench::run(args).await.map(|()| 0),
         Command::Crd => serde_yaml::to_string(&ExternalKeyStore::crd())
             .map(|yaml| {

@@ -3,8 +3,8 @@
 
 use std::path::PathBuf;
 use std::process::Command;
-use xks_operator::emulator::config::{DEMO_ROTATED_SECRET, DEMO_SECRET};
-use xks_operator::emulator::{self, EmulatorConfig};
+use xks_emulator::config::{DEMO_ROTATED_SECRET, DEMO_SECRET};
+use xks_emulator::{self as emulator, EmulatorConfig};
 
 const BIN: &str = env!("CARGO_BIN_EXE_xks-operator");
 

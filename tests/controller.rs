@@ -1086,8 +1086,8 @@ async fn the_controller_runs_the_real_kms_adapter_against_the_emulator() {
     use futures::StreamExt;
     use k8s_openapi::api::core::v1::Secret;
     use kube::Api;
+    use xks_emulator::{self as emulator, EmulatorConfig};
     use xks_operator::controller::{controller_for, error_policy};
-    use xks_operator::emulator::{self, EmulatorConfig};
     use xks_operator::kms::aws::AwsKeyStores;
     use xks_operator::xks::probe::{HttpProxyProbe, ProbeOptions};
 

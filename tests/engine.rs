@@ -7,12 +7,12 @@ use common::*;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use xks_operator::api::{ExternalKeyStoreStatus, OperationPhase, StepName, StepState};
-use xks_operator::cli::settle;
-use xks_operator::emulator::config::{
+use xks_emulator::config::{
     DEMO_ACCESS_KEY_ID, DEMO_ROTATED_SECRET, DEMO_SECRET, VpcEndpointServiceConfig, demo_proxy,
 };
-use xks_operator::emulator::xks_proxy::KeyManagerHealth;
+use xks_emulator::xks_proxy::KeyManagerHealth;
+use xks_operator::api::{ExternalKeyStoreStatus, OperationPhase, StepName, StepState};
+use xks_operator::cli::settle;
 use xks_operator::engine::conditions;
 use xks_operator::engine::{Outcome, Request};
 use xks_operator::kms::{CreateStore, KeyStores};

@@ -116,7 +116,7 @@ fn readme_emulator_config_example_is_accepted() {
         .expect("README has the emulator config example")
         + "A full example:\n\n```yaml\n".len();
     let len = readme[start..].find("```").expect("closed block");
-    let config = xks_operator::emulator::EmulatorConfig::from_yaml_str(&readme[start..start + len])
+    let config = xks_emulator::EmulatorConfig::from_yaml_str(&readme[start..start + len])
         .expect("the README's example is a valid emulator config");
     assert_eq!(config.proxies.len(), 1);
     assert_eq!(config.max_custom_key_stores, 10);

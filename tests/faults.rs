@@ -14,12 +14,12 @@
 mod common;
 
 use common::*;
+use xks_emulator::config::{DEMO_ACCESS_KEY_ID, demo_proxy};
+use xks_emulator::faults::OperationFaults;
+use xks_emulator::xks_proxy::{KeyManagerHealth, ProxyCredentialConfig};
 use xks_operator::api::{
     DeletionPolicy, DesiredConnectionState, ExternalKeyStore, ExternalKeyStoreStatus,
 };
-use xks_operator::emulator::config::{DEMO_ACCESS_KEY_ID, demo_proxy};
-use xks_operator::emulator::faults::OperationFaults;
-use xks_operator::emulator::xks_proxy::{KeyManagerHealth, ProxyCredentialConfig};
 use xks_operator::engine::{EngineOptions, Outcome, conditions};
 use xks_operator::kms::KeyStores;
 use xks_operator::model::{ConnectionState, Connectivity, ProxyCredential};

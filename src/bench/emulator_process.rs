@@ -3,9 +3,6 @@
 //! memory are then this process's own, and the emulator is driven through
 //! its documented control API (`/_emulator/`), as a user would drive it.
 
-use crate::emulator::EmulatorConfig;
-use crate::emulator::faults::{OperationFaults, OperationStats};
-use crate::emulator::xks_proxy::{KeyManagerHealth, ProxyConfig, ProxyCredentialConfig};
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
@@ -14,6 +11,9 @@ use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
+use xks_emulator::EmulatorConfig;
+use xks_emulator::faults::{OperationFaults, OperationStats};
+use xks_emulator::xks_proxy::{KeyManagerHealth, ProxyConfig, ProxyCredentialConfig};
 
 const BANNER: &str = "KMS emulator listening on ";
 

@@ -21,10 +21,6 @@ pub mod soak;
 
 use crate::api::{ExternalKeyStore, ExternalKeyStoreStatus, StepName, StepState};
 use crate::controller::describe_cache::DescribeCache;
-use crate::emulator::EmulatorConfig;
-use crate::emulator::config::{DEMO_ACCESS_KEY_ID, DEMO_SECRET, DEMO_URI_PATH};
-use crate::emulator::faults::{ALL_OPERATIONS, OperationFaults, RateLimit};
-use crate::emulator::xks_proxy::ProxyConfig as EmulatedProxy;
 use crate::engine::{Engine, EngineOptions, Outcome, Request, SinkError, StatusSink};
 use crate::kms::KeyStores;
 use crate::kms::aws::AwsKeyStores;
@@ -36,6 +32,10 @@ use serde::Serialize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{Mutex, Semaphore};
+use xks_emulator::EmulatorConfig;
+use xks_emulator::config::{DEMO_ACCESS_KEY_ID, DEMO_SECRET, DEMO_URI_PATH};
+use xks_emulator::faults::{ALL_OPERATIONS, OperationFaults, RateLimit};
+use xks_emulator::xks_proxy::ProxyConfig as EmulatedProxy;
 
 /// KMS's request quota per custom-key-store operation, account and Region.
 const KMS_QUOTA_PER_SECOND: f64 = 5.0;

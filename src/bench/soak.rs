@@ -20,12 +20,6 @@ use super::report::Table;
 use super::{KMS_QUOTA_PER_SECOND, fleet_config, probe, quota_faults};
 use crate::api::{ExternalKeyStore, ExternalKeyStoreStatus, OperationPhase};
 use crate::controller::describe_cache::DescribeCache;
-use crate::emulator::config::DEMO_URI_PATH;
-use crate::emulator::faults::{ALL_OPERATIONS, OperationFaults};
-use crate::emulator::xks_proxy::{
-    ExternalKeyConfig, KeyManagerConfig, KeyManagerHealth, ProxyConfig as EmulatedProxy,
-    ProxyCredentialConfig,
-};
 use crate::engine::{Engine, EngineOptions, Outcome, Request, SinkError, StatusSink};
 use crate::kms::KeyStores;
 use crate::kms::aws::AwsKeyStores;
@@ -40,6 +34,12 @@ use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+use xks_emulator::config::DEMO_URI_PATH;
+use xks_emulator::faults::{ALL_OPERATIONS, OperationFaults};
+use xks_emulator::xks_proxy::{
+    ExternalKeyConfig, KeyManagerConfig, KeyManagerHealth, ProxyConfig as EmulatedProxy,
+    ProxyCredentialConfig,
+};
 
 /// Emulated DISCONNECTING and CONNECTING time.
 const TRANSITION: Duration = Duration::from_millis(300);

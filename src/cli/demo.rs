@@ -7,13 +7,13 @@ use super::files::Manifests;
 use super::settle;
 use super::table::{self, LiveTable};
 use crate::api::{ExternalKeyStore, ExternalKeyStoreStatus, OperationPhase};
-use crate::emulator::xks_proxy::ProxyConfig;
-use crate::emulator::{self, EmulatorConfig};
 use crate::engine::{Engine, EngineOptions, Outcome, Request};
 use crate::kms::aws::AwsKeyStores;
 use crate::xks::probe::{HttpProxyProbe, ProbeOptions};
 use anyhow::{Context, bail, ensure};
 use std::time::Duration;
+use xks_emulator::xks_proxy::ProxyConfig;
+use xks_emulator::{self as emulator, EmulatorConfig};
 
 const SECRET_YAML: &str = include_str!("../../examples/credentials-secret.yaml");
 const STORE_YAML: &str = include_str!("../../examples/public-endpoint.yaml");

@@ -1,5 +1,6 @@
 //! The commands that work without a cluster: `plan`, `reconcile`, `demo`.
 
+#[cfg(feature = "emulator")]
 pub mod demo;
 pub mod files;
 pub mod table;

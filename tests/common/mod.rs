@@ -7,13 +7,13 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use xks_operator::api::{ExternalKeyStore, ExternalKeyStoreStatus, StepName, StepState};
-use xks_operator::cli::settle;
-use xks_operator::emulator::config::{
+use xks_emulator::config::{
     DEMO_ACCESS_KEY_ID, DEMO_ROTATED_SECRET, DEMO_SECRET, VpcEndpointServiceConfig, demo_proxy,
 };
-use xks_operator::emulator::xks_proxy::{KeyManagerHealth, ProxyCredentialConfig};
-use xks_operator::emulator::{self, EmulatorConfig, RunningEmulator};
+use xks_emulator::xks_proxy::{KeyManagerHealth, ProxyCredentialConfig};
+use xks_emulator::{self as emulator, EmulatorConfig, RunningEmulator};
+use xks_operator::api::{ExternalKeyStore, ExternalKeyStoreStatus, StepName, StepState};
+use xks_operator::cli::settle;
 use xks_operator::engine::{Engine, EngineOptions, Outcome, Request, SinkError, StatusSink};
 use xks_operator::kms::KeyStores;
 use xks_operator::kms::aws::AwsKeyStores;

@@ -62,7 +62,7 @@ pub const OPERATIONS: &[&str] = &[
 /// silently disable a fault.
 pub fn check_fault_keys<'a>(keys: impl IntoIterator<Item = &'a String>) -> Result<(), String> {
     for key in keys {
-        if key != crate::emulator::faults::ALL_OPERATIONS && !OPERATIONS.contains(&key.as_str()) {
+        if key != crate::faults::ALL_OPERATIONS && !OPERATIONS.contains(&key.as_str()) {
             return Err(format!(
                 "faults: unknown KMS operation {key:?} (use one of {} or \"*\")",
                 OPERATIONS.join(", ")

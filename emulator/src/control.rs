@@ -6,12 +6,13 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::{FromRequest, Path, Request, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use super::config::{EmulatorConfig, VpcEndpointServiceConfig};
@@ -323,6 +324,47 @@ fn bad(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({"error": message.into()}))).into_response()
 }
 
+/// A JSON request body whose rejection answers `{"error": ...}`, like every
+/// other control error (axum's own `Json` answers in plain text).
+struct Body<T>(T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Response> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(value)) => Ok(Self(value)),
+            Err(rejection) => Err(bad(rejection.status(), rejection.body_text())),
+        }
+    }
+}
+
+/// A proxy from the body of `PUT /proxies/{host}`: the host is the path's
+/// (a body may repeat it, but not contradict it).
+fn proxy_from_body(host: String, mut body: Value) -> Result<ProxyConfig, (StatusCode, String)> {
+    let Some(fields) = body.as_object_mut() else {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            "the body must be a JSON object".into(),
+        ));
+    };
+    if let Some(other) = fields.get("host").and_then(Value::as_str)
+        && other != host
+    {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            format!("the body names host {other:?} but the path names {host:?}"),
+        ));
+    }
+    fields.insert("host".into(), Value::String(host));
+    serde_json::from_value(body).map_err(|e| {
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("invalid proxy: {e}"),
+        )
+    })
+}
+
 fn done(result: Result<(), String>) -> Response {
     match result {
         Ok(()) => ok(),
@@ -382,7 +424,7 @@ pub(super) fn router() -> Router<Arc<EmulatorControl>> {
         .route(
             "/faults",
             get(|State(c): Ctl| async move { Json(json!(c.faults())) })
-                .put(|State(c): Ctl, Json(f): Json<KmsFaults>| async move {
+                .put(|State(c): Ctl, Body(f): Body<KmsFaults>| async move {
                     if let Err(e) = check_fault_keys(f.keys()) {
                         return bad(StatusCode::BAD_REQUEST, e);
                     }
@@ -397,7 +439,7 @@ pub(super) fn router() -> Router<Arc<EmulatorControl>> {
         .route(
             "/faults/{operation}",
             put(
-                |State(c): Ctl, Path(op): Path<String>, Json(f): Json<OperationFaults>| async move {
+                |State(c): Ctl, Path(op): Path<String>, Body(f): Body<OperationFaults>| async move {
                     if let Err(e) = check_fault_keys([&op]) {
                         return bad(StatusCode::BAD_REQUEST, e);
                     }
@@ -412,7 +454,7 @@ pub(super) fn router() -> Router<Arc<EmulatorControl>> {
         )
         .route(
             "/settings",
-            put(|State(c): Ctl, Json(p): Json<SettingsPatch>| async move {
+            put(|State(c): Ctl, Body(p): Body<SettingsPatch>| async move {
                 c.update_settings(p);
                 ok()
             }),
@@ -430,9 +472,11 @@ pub(super) fn router() -> Router<Arc<EmulatorControl>> {
         .route(
             "/proxies/{host}",
             put(
-                |State(c): Ctl, Path(host): Path<String>, Json(mut p): Json<ProxyConfig>| async move {
-                    p.host = host;
-                    done(c.upsert_proxy(p))
+                |State(c): Ctl, Path(host): Path<String>, Body(body): Body<Value>| async move {
+                    match proxy_from_body(host, body) {
+                        Ok(p) => done(c.upsert_proxy(p)),
+                        Err((status, message)) => bad(status, message),
+                    }
                 },
             )
             .delete(|State(c): Ctl, Path(host): Path<String>| async move {
@@ -444,7 +488,7 @@ pub(super) fn router() -> Router<Arc<EmulatorControl>> {
             post(
                 |State(c): Ctl,
                  Path(host): Path<String>,
-                 Json(cred): Json<ProxyCredentialConfig>| async move {
+                 Body(cred): Body<ProxyCredentialConfig>| async move {
                     done(c.add_credential(&host, cred))
                 },
             ),
@@ -462,7 +506,7 @@ pub(super) fn router() -> Router<Arc<EmulatorControl>> {
             put(
                 |State(c): Ctl,
                  Path((host, id)): Path<(String, String)>,
-                 Json(b): Json<HealthBody>| async move {
+                 Body(b): Body<HealthBody>| async move {
                     done(c.set_key_manager_health(&host, &id, b.health))
                 },
             ),
@@ -470,7 +514,7 @@ pub(super) fn router() -> Router<Arc<EmulatorControl>> {
         .route(
             "/proxies/{host}/faults",
             put(
-                |State(c): Ctl, Path(host): Path<String>, Json(f): Json<ProxyFaults>| async move {
+                |State(c): Ctl, Path(host): Path<String>, Body(f): Body<ProxyFaults>| async move {
                     done(c.set_proxy_faults(&host, f))
                 },
             ),
@@ -480,7 +524,7 @@ pub(super) fn router() -> Router<Arc<EmulatorControl>> {
             put(
                 |State(c): Ctl,
                  Path((host, id)): Path<(String, String)>,
-                 Json(mut k): Json<ExternalKeyConfig>| async move {
+                 Body(mut k): Body<ExternalKeyConfig>| async move {
                     k.id = id;
                     done(c.upsert_key(&host, k))
                 },
@@ -494,7 +538,7 @@ pub(super) fn router() -> Router<Arc<EmulatorControl>> {
         .route(
             "/resolve/{host}",
             put(
-                |State(c): Ctl, Path(host): Path<String>, Json(b): Json<UrlBody>| async move {
+                |State(c): Ctl, Path(host): Path<String>, Body(b): Body<UrlBody>| async move {
                     c.set_resolve(&host, &b.url);
                     ok()
                 },
@@ -506,7 +550,7 @@ pub(super) fn router() -> Router<Arc<EmulatorControl>> {
         .route(
             "/vpc-endpoint-services/{name}",
             put(
-                |State(c): Ctl, Path(name): Path<String>, Json(b): Json<VpcServiceBody>| async move {
+                |State(c): Ctl, Path(name): Path<String>, Body(b): Body<VpcServiceBody>| async move {
                     c.set_vpc_endpoint_service(VpcEndpointServiceConfig {
                         name,
                         owner: b.owner,

@@ -4,7 +4,7 @@
 
 use super::error::KmsError;
 use super::state::Secret;
-use crate::emulator::proxy_client::{ProxyCall, ProxyCallError, ProxyCaller};
+use crate::proxy_client::{ProxyCall, ProxyCallError, ProxyCaller};
 
 /// Where and how to reach one proxy.
 pub struct Target {

@@ -2,7 +2,10 @@
 nobody on this project wrote: request and response shapes, error names,
 pagination, state transitions. Run by .ci/run after the cargo build:
 
-    python3 -m pytest tests/conformance -q
+    cargo build -p xks-emulator
+    python3 -m pytest emulator/tests/conformance -q
+
+XKS_EMULATOR_BIN names another build of the `xks-emulator` binary.
 """
 
 import os
@@ -16,8 +19,9 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-BINARY = os.environ.get("XKS_OPERATOR_BIN", os.path.join(ROOT, "target", "debug", "xks-operator"))
+# emulator/tests/conformance -> the workspace root, whose target/ holds the build.
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+BINARY = os.environ.get("XKS_EMULATOR_BIN", os.path.join(ROOT, "target", "debug", "xks-emulator"))
 AKID = "XKSCONFORMANCEKEYIDAA"
 SECRET = "conformanceSecretAccessKeyForTheXksProxy0123456789"
 PATH = "/conf/kms/xks/v1"
@@ -53,7 +57,7 @@ def kms():
         f.write(CONFIG)
         config = f.name
     proc = subprocess.Popen(
-        [BINARY, "emulator", "--listen", f"127.0.0.1:{port}", "--config", config],
+        [BINARY, "--listen", f"127.0.0.1:{port}", "--config", config],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )

@@ -13,8 +13,8 @@ use aws_smithy_runtime_api::client::identity::Identity;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::{Value, json};
-use xks_operator::emulator::proxy_client::{ProxyCall, ProxyCallError, ProxyCaller};
-use xks_operator::emulator::xks_proxy::{
+use xks_emulator::proxy_client::{ProxyCall, ProxyCallError, ProxyCaller};
+use xks_emulator::xks_proxy::{
     ExternalKeyConfig, FailWith, KeyManagerConfig, KeyManagerHealth, ProxyConfig,
     ProxyCredentialConfig, ProxyFaults, ProxyFleet,
 };

@@ -16,15 +16,15 @@ use aws_sdk_kms::types::{
 };
 use aws_smithy_types::retry::RetryConfig;
 use serde_json::{Value, json};
-use xks_operator::emulator::config::{
+use xks_emulator::config::{
     DEMO_ACCESS_KEY_ID, DEMO_PRIMARY_HOST, DEMO_REPLICA_HOST, DEMO_ROTATED_SECRET, DEMO_SECRET,
     DEMO_URI_PATH,
 };
-use xks_operator::emulator::faults::{OperationFaults, RateLimit};
-use xks_operator::emulator::xks_proxy::{
+use xks_emulator::faults::{OperationFaults, RateLimit};
+use xks_emulator::xks_proxy::{
     ExternalKeyConfig, FailWith, KeyManagerHealth, ProxyConfig, ProxyFaults,
 };
-use xks_operator::emulator::{self, EmulatorConfig, RunningEmulator, VpcEndpointServiceConfig};
+use xks_emulator::{self as emulator, EmulatorConfig, RunningEmulator, VpcEndpointServiceConfig};
 
 const AKID: &str = "AKIAXKSTESTPROXY2345";
 const SECRET: &str = "testSecretAccessKeyForTheEmulatorProxy0123456789";
@@ -736,7 +736,7 @@ async fn quota_of_custom_key_stores() {
         .await;
     assert_eq!(code(r), "LimitExceededException");
     emu.control()
-        .update_settings(xks_operator::emulator::control::SettingsPatch {
+        .update_settings(xks_emulator::control::SettingsPatch {
             max_custom_key_stores: Some(1000),
             ..Default::default()
         });
@@ -980,13 +980,13 @@ async fn failed_connections_report_the_right_code() {
 
     ctl.add_credential(
         HOST,
-        xks_operator::emulator::xks_proxy::ProxyCredentialConfig::new(AKID, OTHER_SECRET),
+        xks_emulator::xks_proxy::ProxyCredentialConfig::new(AKID, OTHER_SECRET),
     )
     .unwrap();
     expect("INVALID_CREDENTIALS").await;
     ctl.add_credential(
         HOST,
-        xks_operator::emulator::xks_proxy::ProxyCredentialConfig::new(AKID, SECRET),
+        xks_emulator::xks_proxy::ProxyCredentialConfig::new(AKID, SECRET),
     )
     .unwrap();
 
@@ -1118,10 +1118,7 @@ async fn update_rules_by_connection_state() {
     );
     ctl.add_credential(
         HOST,
-        xks_operator::emulator::xks_proxy::ProxyCredentialConfig::new(
-            "AKIAXKSTESTPROXYROTA",
-            OTHER_SECRET,
-        ),
+        xks_emulator::xks_proxy::ProxyCredentialConfig::new("AKIAXKSTESTPROXYROTA", OTHER_SECRET),
     )
     .unwrap();
     update()
@@ -1335,7 +1332,7 @@ async fn strict_mode_allows_only_a_rename_unless_disconnected() {
     emu.control()
         .add_credential(
             HOST,
-            xks_operator::emulator::xks_proxy::ProxyCredentialConfig::new(
+            xks_emulator::xks_proxy::ProxyCredentialConfig::new(
                 "AKIAXKSTESTPROXYROTA",
                 OTHER_SECRET,
             ),
@@ -2138,12 +2135,12 @@ async fn probabilistic_faults_at_certainty() {
     emu.shutdown().await;
 }
 
-/// `xks-operator emulator --config <the example of docs/emulator.md>`, as
+/// `xks-emulator --config <the example of docs/emulator.md>`, as
 /// an outside conformance suite runs it; SIGTERM stops it cleanly.
 #[tokio::test]
 async fn cli_serves_the_documented_config_and_stops_on_sigterm() {
     use std::io::BufRead;
-    let doc = include_str!("../docs/emulator.md");
+    let doc = include_str!("../../docs/emulator.md");
     let yaml = doc
         .split("## Configuration file")
         .nth(1)
@@ -2153,8 +2150,8 @@ async fn cli_serves_the_documented_config_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("emulator.yaml");
     std::fs::write(&path, yaml).unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_xks-operator"))
-        .args(["emulator", "--listen", "127.0.0.1:0", "--config"])
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_xks-emulator"))
+        .args(["--listen", "127.0.0.1:0", "--config"])
         .arg(&path)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
@@ -2267,5 +2264,55 @@ async fn remaining_bounds() {
         .send()
         .await
         .unwrap();
+    emu.shutdown().await;
+}
+
+/// `PUT /_emulator/proxies/{host}` takes the host from the path, as the
+/// docs say, and every refusal of the control API is `{"error": ...}`.
+#[tokio::test]
+async fn control_api_takes_the_proxy_host_from_the_path_and_answers_errors_as_json() {
+    let (emu, _client) = start(test_config()).await;
+    let base = format!("{}/_emulator", emu.kms_endpoint());
+    let http = reqwest::Client::new();
+    let put = |path: &str, body: Value| http.put(format!("{base}{path}")).json(&body).send();
+
+    let r = put(
+        "/proxies/xks-new.example.com",
+        json!({"uriPath": "/new/kms/xks/v1"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+    let proxies: Value = http
+        .get(format!("{base}/proxies"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        proxies.to_string().contains("xks-new.example.com"),
+        "{proxies}"
+    );
+
+    for (path, body, status) in [
+        // A required field missing.
+        ("/proxies/xks-new.example.com", json!({}), 422),
+        // The body contradicts the path.
+        (
+            "/proxies/xks-new.example.com",
+            json!({"host": "elsewhere.example.com", "uriPath": "/new/kms/xks/v1"}),
+            400,
+        ),
+        // A field of the wrong type, on another route.
+        ("/faults/ListKeys", json!({"throttleNext": "one"}), 422),
+    ] {
+        let r = put(path, body).await.unwrap();
+        assert_eq!(r.status(), status, "{path}");
+        let answer: Value = r.json().await.expect("a JSON error body");
+        let error = answer["error"].as_str().unwrap_or_default();
+        assert!(!error.is_empty(), "{path}: {answer}");
+    }
     emu.shutdown().await;
 }
