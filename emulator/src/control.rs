@@ -1,13 +1,18 @@
 //! Run-time control of the emulator: the Rust API ([`EmulatorControl`]) and
 //! the same operations over HTTP under `/_emulator/` (JSON), documented in
 //! docs/emulator.md. Nothing here ever returns a secret.
+//!
+//! KMS state is kept per account and Region: [`EmulatorControl::account`]
+//! (over HTTP, `?account=...&region=...`) addresses one; without it the
+//! operations act on the default account in the config's Region, except
+//! the resets, the purge and the settings, which act on every one.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
-use axum::extract::{FromRequest, Path, Request, State};
+use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
 use axum::http::StatusCode;
+use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
@@ -15,9 +20,12 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
-use super::config::{EmulatorConfig, VpcEndpointServiceConfig};
+use super::config::{EmulatorConfig, IdentityConfig, RoleConfig, VpcEndpointServiceConfig};
 use super::faults::{KmsFaults, OperationFaults, OperationStats};
+use super::iam;
+use super::kms::accounts::{self, KmsAccounts};
 use super::kms::{KmsService, check_fault_keys};
+use super::sts::{self, StsService};
 use super::xks_proxy::{
     ExternalKeyConfig, KeyManagerHealth, ProxyConfig, ProxyCredentialConfig, ProxyFaults,
     ProxyFleet,
@@ -33,9 +41,10 @@ pub struct SettingsPatch {
     pub strict_connected_updates: Option<bool>,
 }
 
-/// Handle on a running emulator: faults, stats, state, proxies.
+/// Handle on a running emulator: faults, stats, state, proxies, STS.
 pub struct EmulatorControl {
-    kms: Arc<KmsService>,
+    kms: Arc<KmsAccounts>,
+    sts: Arc<StsService>,
     fleet: ProxyFleet,
     resolve: RwLock<BTreeMap<String, String>>,
     self_url: String,
@@ -43,35 +52,23 @@ pub struct EmulatorControl {
     base_resolve: BTreeMap<String, String>,
 }
 
-impl EmulatorControl {
-    pub(super) fn new(
-        kms: Arc<KmsService>,
-        fleet: ProxyFleet,
-        resolve: BTreeMap<String, String>,
-        self_url: String,
-        base: EmulatorConfig,
-    ) -> Self {
-        Self {
-            kms,
-            fleet,
-            base_resolve: resolve.clone(),
-            resolve: RwLock::new(resolve),
-            self_url,
-            base,
-        }
+/// KMS of one account in one Region: its faults, counters, state and settings.
+pub struct AccountControl<'a> {
+    control: &'a EmulatorControl,
+    kms: Arc<KmsService>,
+}
+
+impl AccountControl<'_> {
+    pub fn account_id(&self) -> String {
+        self.kms.account_id()
     }
 
-    pub(super) fn kms(&self) -> Arc<KmsService> {
-        Arc::clone(&self.kms)
+    pub fn region(&self) -> String {
+        self.kms.region()
     }
 
-    pub fn fleet(&self) -> &ProxyFleet {
-        &self.fleet
-    }
-
-    // --- KMS faults and statistics -------------------------------------
-
-    /// Replace every KMS fault (`*` applies to operations without an entry).
+    /// Replace every KMS fault of this account+Region (`*` applies to
+    /// operations without an entry).
     pub fn set_faults(&self, faults: KmsFaults) {
         self.kms.faults.set_all(faults);
     }
@@ -85,12 +82,12 @@ impl EmulatorControl {
         self.kms.faults.faults()
     }
 
-    /// Per-operation counters of the KMS API.
+    /// Per-operation counters.
     pub fn operation_stats(&self) -> BTreeMap<String, OperationStats> {
         self.kms.faults.stats()
     }
 
-    /// Requests and throttles of one operation (0 when never called).
+    /// Requests of one operation (0 when never called).
     pub fn requests(&self, operation: &str) -> u64 {
         self.operation_stats()
             .get(operation)
@@ -107,20 +104,14 @@ impl EmulatorControl {
         self.kms.faults.reset_stats();
     }
 
-    /// `GET /_emulator/stats`.
+    /// `GET /_emulator/stats`: this account+Region's KMS counters, and the
+    /// requests each proxy received (from every account).
     pub fn stats(&self) -> Value {
         let ops = self.operation_stats();
         let sum = |f: fn(&OperationStats) -> u64| ops.values().map(f).sum::<u64>();
-        let proxies: BTreeMap<String, u64> = self
-            .fleet
-            .hosts()
-            .into_iter()
-            .map(|h| {
-                let n = self.fleet.request_count(&h);
-                (h, n)
-            })
-            .collect();
         json!({
+            "accountId": self.account_id(),
+            "region": self.region(),
             "operations": ops,
             "totals": {
                 "requests": sum(|s| s.requests),
@@ -128,19 +119,18 @@ impl EmulatorControl {
                 "internalErrors": sum(|s| s.internal_errors),
                 "dropped": sum(|s| s.dropped),
             },
-            "proxyRequests": proxies,
+            "proxyRequests": self.control.proxy_requests(),
         })
     }
 
-    // --- state ----------------------------------------------------------
-
-    /// `GET /_emulator/state`: stores, keys, proxies, resolve map, settings
-    /// and faults, without any secret.
+    /// `GET /_emulator/state`: stores, keys, settings and faults of this
+    /// account+Region, and the shared proxies and resolve map, without any
+    /// secret.
     pub fn state(&self) -> Value {
         let settings = self.kms.settings();
         let mut state = self.kms.describe_state();
-        state["proxies"] = self.fleet.describe()["proxies"].clone();
-        state["resolve"] = json!(self.resolve_map());
+        state["proxies"] = self.control.fleet.describe()["proxies"].clone();
+        state["resolve"] = json!(self.control.resolve_map());
         state["settings"] = json!({
             "region": settings.region,
             "accountId": settings.account_id,
@@ -148,18 +138,172 @@ impl EmulatorControl {
             "disconnectDelayMs": settings.disconnect_delay.as_millis() as u64,
             "maxCustomKeyStores": settings.max_custom_key_stores,
             "strictConnectedUpdates": settings.strict_connected_updates,
-            "vpcEndpointServices": settings.vpc_endpoint_services,
+            "vpcEndpointServices": self.kms.vpc_endpoint_services(),
         });
         state["faults"] = json!(self.faults());
         state
     }
 
-    /// Back to the configuration the emulator started with: no stores, no
-    /// keys, configured proxies, faults and settings, zeroed statistics.
+    /// No stores or keys, the configured settings and faults, zero counters.
     pub fn reset(&self) {
-        self.kms.reset();
-        self.kms.faults.set_all(self.base.faults.clone());
-        self.kms.faults.reset_stats();
+        self.control.kms.reset_scope(&self.kms);
+    }
+
+    pub fn update_settings(&self, patch: SettingsPatch) {
+        accounts::apply(&self.kms, &patch);
+    }
+
+    /// Drop this account+Region's keys pending deletion.
+    pub fn purge_pending_deletion(&self) -> usize {
+        self.kms.purge_pending_deletion()
+    }
+}
+
+impl EmulatorControl {
+    pub(super) fn new(
+        kms: Arc<KmsAccounts>,
+        sts: Arc<StsService>,
+        fleet: ProxyFleet,
+        resolve: BTreeMap<String, String>,
+        self_url: String,
+        base: EmulatorConfig,
+    ) -> Self {
+        Self {
+            kms,
+            sts,
+            fleet,
+            base_resolve: resolve.clone(),
+            resolve: RwLock::new(resolve),
+            self_url,
+            base,
+        }
+    }
+
+    pub(super) fn kms_accounts(&self) -> &KmsAccounts {
+        &self.kms
+    }
+
+    pub fn fleet(&self) -> &ProxyFleet {
+        &self.fleet
+    }
+
+    /// STS: roles, identities, sessions, its faults and counters.
+    pub fn sts(&self) -> &StsService {
+        &self.sts
+    }
+
+    /// KMS of `account_id` in `region` (created on first use).
+    pub fn account(&self, account_id: &str, region: &str) -> AccountControl<'_> {
+        AccountControl {
+            control: self,
+            kms: self.kms.get(account_id, region),
+        }
+    }
+
+    /// KMS of the default account in the config's Region.
+    pub fn default_account(&self) -> AccountControl<'_> {
+        AccountControl {
+            control: self,
+            kms: self.kms.default_scope(),
+        }
+    }
+
+    /// `GET /_emulator/accounts`: every account+Region KMS has seen.
+    pub fn accounts(&self) -> Value {
+        let list: Vec<Value> = self
+            .kms
+            .all()
+            .into_iter()
+            .map(|svc| {
+                let (stores, keys) = svc.counts();
+                let stats = svc.faults.stats();
+                json!({
+                    "accountId": svc.account_id(),
+                    "region": svc.region(),
+                    "customKeyStores": stores,
+                    "keys": keys,
+                    "requests": stats.values().map(|s| s.requests).sum::<u64>(),
+                    "throttled": stats.values().map(|s| s.throttled).sum::<u64>(),
+                })
+            })
+            .collect();
+        json!({
+            "default": {"accountId": self.kms.default_account(), "region": self.kms.default_region()},
+            "accounts": list,
+        })
+    }
+
+    fn proxy_requests(&self) -> BTreeMap<String, u64> {
+        self.fleet
+            .hosts()
+            .into_iter()
+            .map(|h| {
+                let n = self.fleet.request_count(&h);
+                (h, n)
+            })
+            .collect()
+    }
+
+    // --- KMS faults and statistics of the default account ------------------
+
+    /// Replace every KMS fault of the default account+Region.
+    pub fn set_faults(&self, faults: KmsFaults) {
+        self.default_account().set_faults(faults);
+    }
+
+    /// Set or clear (`None`) the faults of one operation, or of `*`, in
+    /// the default account+Region.
+    pub fn set_operation_faults(&self, operation: &str, faults: Option<OperationFaults>) {
+        self.default_account()
+            .set_operation_faults(operation, faults);
+    }
+
+    pub fn faults(&self) -> KmsFaults {
+        self.default_account().faults()
+    }
+
+    /// Per-operation counters of the default account+Region.
+    pub fn operation_stats(&self) -> BTreeMap<String, OperationStats> {
+        self.default_account().operation_stats()
+    }
+
+    /// Requests and throttles of one operation in the default
+    /// account+Region (0 when never called).
+    pub fn requests(&self, operation: &str) -> u64 {
+        self.default_account().requests(operation)
+    }
+
+    pub fn throttled(&self, operation: &str) -> u64 {
+        self.default_account().throttled(operation)
+    }
+
+    /// Zero the counters of every account+Region and of STS.
+    pub fn reset_stats(&self) {
+        for svc in self.kms.all() {
+            svc.faults.reset_stats();
+        }
+        self.sts.faults.reset_stats();
+    }
+
+    /// `GET /_emulator/stats` of the default account+Region.
+    pub fn stats(&self) -> Value {
+        self.default_account().stats()
+    }
+
+    // --- state ----------------------------------------------------------
+
+    /// `GET /_emulator/state` of the default account+Region.
+    pub fn state(&self) -> Value {
+        self.default_account().state()
+    }
+
+    /// Back to the configuration the emulator started with: no stores or
+    /// keys in any account, configured proxies, resolve map, settings,
+    /// faults, roles and identities, zeroed statistics; issued STS
+    /// sessions expire.
+    pub fn reset(&self) {
+        self.kms.reset_all();
+        self.sts.reset();
         for host in self.fleet.hosts() {
             self.fleet.remove(&host);
         }
@@ -174,36 +318,22 @@ impl EmulatorControl {
             self.kms.caller.set_resolve(host, url);
         }
         *self.resolve.write().unwrap_or_else(|p| p.into_inner()) = self.base_resolve.clone();
-        let base = &self.base;
-        self.kms.update_settings(|s| {
-            s.connect_delay = Duration::from_millis(base.connect_delay_ms);
-            s.disconnect_delay = Duration::from_millis(base.disconnect_delay_ms);
-            s.max_custom_key_stores = base.max_custom_key_stores;
-            s.strict_connected_updates = base.strict_connected_updates;
-            s.vpc_endpoint_services = base.vpc_endpoint_services.clone();
-        });
     }
 
+    /// Change settings in every account+Region (and those created later),
+    /// except what an override of the configuration sets for one.
     pub fn update_settings(&self, patch: SettingsPatch) {
-        self.kms.update_settings(|s| {
-            if let Some(ms) = patch.connect_delay_ms {
-                s.connect_delay = Duration::from_millis(ms);
-            }
-            if let Some(ms) = patch.disconnect_delay_ms {
-                s.disconnect_delay = Duration::from_millis(ms);
-            }
-            if let Some(n) = patch.max_custom_key_stores {
-                s.max_custom_key_stores = n;
-            }
-            if let Some(b) = patch.strict_connected_updates {
-                s.strict_connected_updates = b;
-            }
-        });
+        self.kms.update_settings_everywhere(&patch);
     }
 
-    /// Drop keys pending deletion, as if their waiting period had ended.
+    /// Drop keys pending deletion in every account+Region, as if their
+    /// waiting period had ended.
     pub fn purge_pending_deletion(&self) -> usize {
-        self.kms.purge_pending_deletion()
+        self.kms
+            .all()
+            .iter()
+            .map(|svc| svc.purge_pending_deletion())
+            .sum()
     }
 
     // --- resolve map ----------------------------------------------------
@@ -293,22 +423,14 @@ impl EmulatorControl {
 
     // --- VPC endpoint services --------------------------------------------
 
-    /// Make a VPC endpoint service "exist" (replacing one of the same name).
+    /// Make a VPC endpoint service "exist" (replacing one of the same name),
+    /// for every account.
     pub fn set_vpc_endpoint_service(&self, service: VpcEndpointServiceConfig) {
-        self.kms.update_settings(|s| {
-            s.vpc_endpoint_services.retain(|v| v.name != service.name);
-            s.vpc_endpoint_services.push(service);
-        });
+        self.kms.set_vpc_endpoint_service(service);
     }
 
     pub fn remove_vpc_endpoint_service(&self, name: &str) -> bool {
-        let mut removed = false;
-        self.kms.update_settings(|s| {
-            let before = s.vpc_endpoint_services.len();
-            s.vpc_endpoint_services.retain(|v| v.name != name);
-            removed = s.vpc_endpoint_services.len() != before;
-        });
-        removed
+        self.kms.remove_vpc_endpoint_service(name)
     }
 }
 
@@ -401,38 +523,167 @@ struct VpcServiceBody {
     private_dns_name: String,
 }
 
-/// Routes under `/_emulator`.
-pub(super) fn router() -> Router<Arc<EmulatorControl>> {
+/// `?account=...&region=...` of the routes that address one account+Region
+/// of KMS: `None` when neither is given (either alone defaults to the
+/// default account, or the config's Region). Any other query parameter is
+/// refused, so a typo cannot silently address the default account.
+struct Scope(Option<(String, String)>);
+
+impl FromRequestParts<Arc<EmulatorControl>> for Scope {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        control: &Arc<EmulatorControl>,
+    ) -> Result<Self, Response> {
+        let (mut account, mut region) = (None, None);
+        for (k, v) in form_urlencoded::parse(parts.uri.query().unwrap_or_default().as_bytes()) {
+            match k.as_ref() {
+                "account" if iam::is_account_id(&v) => account = Some(v.into_owned()),
+                "account" => {
+                    return Err(bad(
+                        StatusCode::BAD_REQUEST,
+                        format!("account {v:?} is not a 12-digit account id"),
+                    ));
+                }
+                "region" if iam::is_region(&v) => region = Some(v.into_owned()),
+                "region" => {
+                    return Err(bad(
+                        StatusCode::BAD_REQUEST,
+                        format!("region {v:?} is not a Region name"),
+                    ));
+                }
+                other => {
+                    return Err(bad(
+                        StatusCode::BAD_REQUEST,
+                        format!("unknown query parameter {other:?} (use account and region)"),
+                    ));
+                }
+            }
+        }
+        if account.is_none() && region.is_none() {
+            return Ok(Self(None));
+        }
+        let kms = control.kms_accounts();
+        Ok(Self(Some((
+            account.unwrap_or_else(|| kms.default_account().to_string()),
+            region.unwrap_or_else(|| kms.default_region().to_string()),
+        ))))
+    }
+}
+
+impl Scope {
+    /// The addressed account+Region, or the default one.
+    fn of<'c>(&self, c: &'c EmulatorControl) -> AccountControl<'c> {
+        match &self.0 {
+            Some((account, region)) => c.account(account, region),
+            None => c.default_account(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct StsSettingsBody {
+    session_duration_seconds: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RoleFilter {
+    role_arn: Option<String>,
+}
+
+/// A body whose `field` names the same thing as the path, or nothing.
+fn named_by_path<T: DeserializeOwned>(
+    field: &str,
+    name: String,
+    mut body: Value,
+) -> Result<T, (StatusCode, String)> {
+    let Some(fields) = body.as_object_mut() else {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            "the body must be a JSON object".into(),
+        ));
+    };
+    if let Some(other) = fields.get(field).and_then(Value::as_str)
+        && other != name
+    {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            format!("the body names {field} {other:?} but the path names {name:?}"),
+        ));
+    }
+    fields.insert(field.into(), Value::String(name));
+    serde_json::from_value(body).map_err(|e| (StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))
+}
+
+/// Routes under `/_emulator/sts`.
+fn sts_router() -> Router<Arc<EmulatorControl>> {
     Router::new()
-        .route("/health", get(|| async { ok() }))
-        .route("/state", get(|State(c): Ctl| async move { Json(c.state()) }))
-        .route("/stats", get(|State(c): Ctl| async move { Json(c.stats()) }))
         .route(
-            "/stats/reset",
-            post(|State(c): Ctl| async move {
-                c.reset_stats();
+            "/",
+            get(|State(c): Ctl| async move { Json(c.sts().describe()) }),
+        )
+        .route(
+            "/settings",
+            put(|State(c): Ctl, Body(b): Body<StsSettingsBody>| async move {
+                c.sts().set_session_duration(b.session_duration_seconds);
                 ok()
             }),
         )
         .route(
-            "/reset",
-            post(|State(c): Ctl| async move {
-                c.reset();
-                ok()
+            "/expire-sessions",
+            post(
+                |State(c): Ctl, query: axum::extract::Query<RoleFilter>| async move {
+                    Json(json!({"expired": c.sts().expire_sessions(query.role_arn.as_deref())}))
+                },
+            ),
+        )
+        .route(
+            "/roles",
+            get(|State(c): Ctl| async move { Json(c.sts().describe()["roles"].clone()) }),
+        )
+        .route(
+            "/roles/{*arn}",
+            put(
+                |State(c): Ctl, Path(arn): Path<String>, Body(body): Body<Value>| async move {
+                    match named_by_path::<RoleConfig>("arn", arn, body) {
+                        Ok(role) => done(c.sts().upsert_role(role)),
+                        Err((status, message)) => bad(status, message),
+                    }
+                },
+            )
+            .delete(|State(c): Ctl, Path(arn): Path<String>| async move {
+                found(c.sts().remove_role(&arn), "role")
+            }),
+        )
+        .route(
+            "/identities/{access_key_id}",
+            put(
+                |State(c): Ctl, Path(akid): Path<String>, Body(body): Body<Value>| async move {
+                    match named_by_path::<IdentityConfig>("accessKeyId", akid, body) {
+                        Ok(identity) => done(c.sts().upsert_identity(identity)),
+                        Err((status, message)) => bad(status, message),
+                    }
+                },
+            )
+            .delete(|State(c): Ctl, Path(akid): Path<String>| async move {
+                found(c.sts().remove_identity(&akid), "identity")
             }),
         )
         .route(
             "/faults",
-            get(|State(c): Ctl| async move { Json(json!(c.faults())) })
+            get(|State(c): Ctl| async move { Json(json!(c.sts().faults.faults())) })
                 .put(|State(c): Ctl, Body(f): Body<KmsFaults>| async move {
-                    if let Err(e) = check_fault_keys(f.keys()) {
+                    if let Err(e) = sts::check_fault_keys(f.keys()) {
                         return bad(StatusCode::BAD_REQUEST, e);
                     }
-                    c.set_faults(f);
+                    c.sts().set_faults(f);
                     ok()
                 })
                 .delete(|State(c): Ctl| async move {
-                    c.set_faults(KmsFaults::new());
+                    c.sts().set_faults(KmsFaults::new());
                     ok()
                 }),
         )
@@ -440,31 +691,124 @@ pub(super) fn router() -> Router<Arc<EmulatorControl>> {
             "/faults/{operation}",
             put(
                 |State(c): Ctl, Path(op): Path<String>, Body(f): Body<OperationFaults>| async move {
-                    if let Err(e) = check_fault_keys([&op]) {
+                    if let Err(e) = sts::check_fault_keys([&op]) {
                         return bad(StatusCode::BAD_REQUEST, e);
                     }
-                    c.set_operation_faults(&op, Some(f));
+                    c.sts().set_operation_faults(&op, Some(f));
                     ok()
                 },
             )
             .delete(|State(c): Ctl, Path(op): Path<String>| async move {
-                c.set_operation_faults(&op, None);
+                c.sts().set_operation_faults(&op, None);
                 ok()
             }),
+        )
+        .route(
+            "/stats/reset",
+            post(|State(c): Ctl| async move {
+                c.sts().faults.reset_stats();
+                ok()
+            }),
+        )
+}
+
+/// Routes under `/_emulator`.
+pub(super) fn router() -> Router<Arc<EmulatorControl>> {
+    Router::new()
+        .route("/health", get(|| async { ok() }))
+        .route(
+            "/state",
+            get(|State(c): Ctl, scope: Scope| async move { Json(scope.of(&c).state()) }),
+        )
+        .route(
+            "/stats",
+            get(|State(c): Ctl, scope: Scope| async move { Json(scope.of(&c).stats()) }),
+        )
+        .route(
+            "/accounts",
+            get(|State(c): Ctl| async move { Json(c.accounts()) }),
+        )
+        .route(
+            "/stats/reset",
+            post(|State(c): Ctl, scope: Scope| async move {
+                match scope.0 {
+                    Some(_) => scope.of(&c).reset_stats(),
+                    None => c.reset_stats(),
+                }
+                ok()
+            }),
+        )
+        .route(
+            "/reset",
+            post(|State(c): Ctl, scope: Scope| async move {
+                match scope.0 {
+                    Some(_) => scope.of(&c).reset(),
+                    None => c.reset(),
+                }
+                ok()
+            }),
+        )
+        .route(
+            "/faults",
+            get(|State(c): Ctl, scope: Scope| async move { Json(json!(scope.of(&c).faults())) })
+                .put(
+                    |State(c): Ctl, scope: Scope, Body(f): Body<KmsFaults>| async move {
+                        if let Err(e) = check_fault_keys(f.keys()) {
+                            return bad(StatusCode::BAD_REQUEST, e);
+                        }
+                        scope.of(&c).set_faults(f);
+                        ok()
+                    },
+                )
+                .delete(|State(c): Ctl, scope: Scope| async move {
+                    scope.of(&c).set_faults(KmsFaults::new());
+                    ok()
+                }),
+        )
+        .route(
+            "/faults/{operation}",
+            put(
+                |State(c): Ctl,
+                 scope: Scope,
+                 Path(op): Path<String>,
+                 Body(f): Body<OperationFaults>| async move {
+                    if let Err(e) = check_fault_keys([&op]) {
+                        return bad(StatusCode::BAD_REQUEST, e);
+                    }
+                    scope.of(&c).set_operation_faults(&op, Some(f));
+                    ok()
+                },
+            )
+            .delete(
+                |State(c): Ctl, scope: Scope, Path(op): Path<String>| async move {
+                    scope.of(&c).set_operation_faults(&op, None);
+                    ok()
+                },
+            ),
         )
         .route(
             "/settings",
-            put(|State(c): Ctl, Body(p): Body<SettingsPatch>| async move {
-                c.update_settings(p);
-                ok()
-            }),
+            put(
+                |State(c): Ctl, scope: Scope, Body(p): Body<SettingsPatch>| async move {
+                    match scope.0 {
+                        Some(_) => scope.of(&c).update_settings(p),
+                        None => c.update_settings(p),
+                    }
+                    ok()
+                },
+            ),
         )
         .route(
             "/keys/purge-pending-deletion",
-            post(|State(c): Ctl| async move {
-                Json(json!({"purged": c.purge_pending_deletion()}))
+            post(|State(c): Ctl, scope: Scope| async move {
+                let purged = match scope.0 {
+                    Some(_) => scope.of(&c).purge_pending_deletion(),
+                    None => c.purge_pending_deletion(),
+                };
+                Json(json!({"purged": purged}))
             }),
         )
+        .nest("/sts", sts_router())
         .route(
             "/proxies",
             get(|State(c): Ctl| async move { Json(c.fleet().describe()) }),

@@ -1,9 +1,12 @@
-//! Fault injection for the KMS API and per-operation request statistics.
+//! Fault injection for the KMS and STS APIs and per-operation request
+//! statistics.
 //!
-//! Faults are keyed by KMS operation name (`DescribeCustomKeyStores`), or by
-//! `*` for every operation without an entry of its own. Everything is off by
-//! default. The token bucket of `rateLimit` is kept per operation, like the
-//! real 5 requests/s quota of each custom-key-store operation.
+//! Faults are keyed by operation name (`DescribeCustomKeyStores`,
+//! `AssumeRole`), or by `*` for every operation without an entry of its
+//! own. Everything is off by default. Each account+Region of KMS has an
+//! engine of its own, so the token bucket of `rateLimit` is kept per
+//! account, Region and operation, like the real 5 requests/s quota of each
+//! custom-key-store operation.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -202,6 +205,15 @@ impl FaultEngine {
             Verdict::Proceed => {}
         }
         verdict
+    }
+
+    /// Count a request refused before any fault applies (its credentials
+    /// are expired or invalid): a request and an error, no token taken.
+    pub fn record_rejected(&self, operation: &str, code: &str) {
+        let mut inner = self.lock();
+        let stats = inner.stats.entry(operation.to_string()).or_default();
+        stats.requests += 1;
+        *stats.errors.entry(code.to_string()).or_default() += 1;
     }
 
     /// Record an error answer by its exception name.

@@ -1,16 +1,21 @@
-//! KMS custom-key-store emulator and XKS proxy emulator.
+//! KMS custom-key-store emulator, STS and XKS proxy emulator.
 //!
-//! One listener serves three things: requests whose Host header names an
+//! One listener serves four things: requests whose Host header names an
 //! emulated proxy go to the XKS proxy fleet; `/_emulator/...` is the control
-//! API; everything else is the KMS JSON 1.1 API (`POST /`). The KMS side is
-//! written from the contract alone and shares no code with the operator.
-//! See docs/emulator.md.
+//! API; STS query-protocol requests (a form body, or a SigV4 scope of
+//! service `sts`) go to STS; everything else is the KMS JSON 1.1 API
+//! (`POST /`), kept per account (from the credentials) and Region (from
+//! the SigV4 scope). The KMS side is written from the contract alone and
+//! shares no code with the operator. See docs/emulator.md.
 
+pub mod auth;
 pub mod config;
 pub mod control;
 pub mod faults;
+pub mod iam;
 pub mod kms;
 pub mod proxy_client;
+pub mod sts;
 pub mod xks_proxy;
 
 use std::collections::{BTreeMap, HashMap};
@@ -23,21 +28,23 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::Router;
 use axum::extract::{Request, State};
-use axum::http::{Method, header};
+use axum::http::StatusCode;
+use axum::http::{HeaderMap, Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-pub use config::{EmulatorConfig, VpcEndpointServiceConfig};
-pub use control::EmulatorControl;
-use faults::FaultEngine;
+use auth::RequestAuth;
+pub use config::{EmulatorConfig, IdentityConfig, RoleConfig, VpcEndpointServiceConfig};
+pub use control::{AccountControl, EmulatorControl};
+use kms::accounts::KmsAccounts;
 use kms::error::KmsError;
-use kms::{KmsService, Settings};
 use proxy_client::ProxyCaller;
+use sts::{AuthFailure, StsService};
 use xks_proxy::ProxyFleet;
 
-/// Largest KMS request body accepted.
+/// Largest KMS or STS request body accepted.
 const MAX_KMS_BODY: usize = 1024 * 1024;
 
 /// A running emulator; stop it with [`RunningEmulator::shutdown`].
@@ -52,6 +59,11 @@ impl RunningEmulator {
     /// `http://127.0.0.1:PORT`, for `endpoint_url` of aws-sdk-kms.
     pub fn kms_endpoint(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// The same listener, for `endpoint_url` of aws-sdk-sts.
+    pub fn sts_endpoint(&self) -> String {
+        self.kms_endpoint()
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -78,18 +90,6 @@ impl RunningEmulator {
     }
 }
 
-fn settings_of(config: &EmulatorConfig) -> Settings {
-    Settings {
-        region: config.region.clone(),
-        account_id: config.account_id.clone(),
-        connect_delay: Duration::from_millis(config.connect_delay_ms),
-        disconnect_delay: Duration::from_millis(config.disconnect_delay_ms),
-        max_custom_key_stores: config.max_custom_key_stores,
-        strict_connected_updates: config.strict_connected_updates,
-        vpc_endpoint_services: config.vpc_endpoint_services.clone(),
-    }
-}
-
 /// Configured resolve entries, plus the emulator's own listener for every
 /// configured proxy that has none.
 fn initial_resolve(config: &EmulatorConfig, self_url: &str) -> BTreeMap<String, String> {
@@ -113,7 +113,7 @@ pub async fn start(config: EmulatorConfig, listen: SocketAddr) -> anyhow::Result
         .with_context(|| format!("binding {listen}"))?;
     let addr = listener.local_addr()?;
     let self_url = format!("http://{addr}");
-    kms::check_fault_keys(config.faults.keys()).map_err(|e| anyhow::anyhow!(e))?;
+    config.validate().map_err(|e| anyhow::anyhow!(e))?;
     let fleet = ProxyFleet::new(config.proxies.clone())
         .map_err(|e| anyhow::anyhow!("invalid proxy configuration: {e}"))?;
     let resolve = initial_resolve(&config, &self_url);
@@ -121,16 +121,15 @@ pub async fn start(config: EmulatorConfig, listen: SocketAddr) -> anyhow::Result
         resolve.clone().into_iter().collect(),
         Duration::from_millis(config.proxy_timeout_ms),
     );
-    let kms = Arc::new(KmsService::new(
-        settings_of(&config),
-        FaultEngine::new(config.faults.clone()),
-        caller,
+    let kms = Arc::new(KmsAccounts::new(&config, caller));
+    let sts = Arc::new(StsService::new(&config));
+    let control = Arc::new(EmulatorControl::new(
+        kms, sts, fleet, resolve, self_url, config,
     ));
-    let control = Arc::new(EmulatorControl::new(kms, fleet, resolve, self_url, config));
-    // Proxy hosts first (whatever the path), then control, then KMS.
+    // Proxy hosts first (whatever the path), then control, then STS or KMS.
     let app = Router::new()
         .nest("/_emulator", control::router())
-        .fallback(serve_kms)
+        .fallback(serve_aws)
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&control),
             serve_proxies,
@@ -175,16 +174,47 @@ async fn serve_proxies(
     next.run(req).await
 }
 
-/// The KMS API: `POST /` with an `X-Amz-Target` header.
-async fn serve_kms(State(control): State<Arc<EmulatorControl>>, req: Request) -> Response {
-    if req.method() != Method::POST || req.uri().path() != "/" {
+/// Whether a request is for STS rather than KMS: KMS requests name a
+/// `TrentService.*` target; STS requests are query-protocol forms (or, for
+/// a GET, carry `Action` in the query) or are signed for service `sts`.
+fn is_sts(method: &Method, headers: &HeaderMap, query: Option<&str>, auth: &RequestAuth) -> bool {
+    if headers.contains_key("x-amz-target") {
+        return false;
+    }
+    let form = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            ct.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("application/x-www-form-urlencoded")
+        });
+    let action_in_query = *method == Method::GET
+        && query.is_some_and(|q| form_urlencoded::parse(q.as_bytes()).any(|(k, _)| k == "Action"));
+    form || action_in_query || auth.service.as_deref() == Some("sts")
+}
+
+/// STS or KMS, on `/`.
+async fn serve_aws(State(control): State<Arc<EmulatorControl>>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let auth = RequestAuth::from_request(&parts.headers, parts.uri.query());
+    let at_root = parts.uri.path() == "/";
+    if at_root && is_sts(&parts.method, &parts.headers, parts.uri.query(), &auth) {
+        let Ok(body) = axum::body::to_bytes(body, MAX_KMS_BODY).await else {
+            return (StatusCode::PAYLOAD_TOO_LARGE, "request body too large").into_response();
+        };
+        return control
+            .sts()
+            .handle(&parts.method, parts.uri.query(), &body, &auth)
+            .await;
+    }
+    if parts.method != Method::POST || !at_root {
         return KmsError::new(
             "UnknownOperationException",
             "The KMS emulator answers POST / with an X-Amz-Target header.",
         )
         .into_response();
     }
-    let (parts, body) = req.into_parts();
     let body = match axum::body::to_bytes(body, MAX_KMS_BODY).await {
         Ok(b) => b,
         Err(_) => {
@@ -195,7 +225,26 @@ async fn serve_kms(State(control): State<Arc<EmulatorControl>>, req: Request) ->
             .into_response();
         }
     };
-    control.kms().handle(&parts.headers, body).await
+    let kms = control.kms_accounts();
+    let region = auth
+        .region
+        .clone()
+        .unwrap_or_else(|| kms.default_region().to_string());
+    match control.sts().identify(&auth) {
+        Ok(caller) => {
+            kms.get(&caller.account, &region)
+                .handle(&parts.headers, body)
+                .await
+        }
+        Err(failure) => {
+            let error = match failure {
+                AuthFailure::Expired { .. } => KmsError::expired_token(),
+                AuthFailure::InvalidToken { .. } => KmsError::unrecognized_client(),
+            };
+            kms.get(failure.account(), &region)
+                .reject(&parts.headers, error)
+        }
+    }
 }
 
 /// What `xks-operator emulator` runs: serve until Ctrl-C or SIGTERM.

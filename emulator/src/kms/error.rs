@@ -45,6 +45,22 @@ impl KmsError {
         )
     }
 
+    /// Temporary credentials past their expiration.
+    pub fn expired_token() -> Self {
+        Self::new(
+            "ExpiredTokenException",
+            "The security token included in the request is expired",
+        )
+    }
+
+    /// An issued access key id without its session token, or with another.
+    pub fn unrecognized_client() -> Self {
+        Self::new(
+            "UnrecognizedClientException",
+            "The security token included in the request is invalid.",
+        )
+    }
+
     /// KMS answers 400 for client faults and 500 for its own.
     pub fn status(&self) -> StatusCode {
         match self.code {

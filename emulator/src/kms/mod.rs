@@ -1,7 +1,10 @@
 //! The KMS side of the emulator: the awsJson1_1 `TrentService` API for
 //! custom key stores and the KMS keys in them, written from the contract
 //! (shared/design/kms-xks-contract.md) and sharing no code with the operator.
+//! Each account and Region is a [`KmsService`] of its own, created on first
+//! use by [`accounts::KmsAccounts`].
 
+pub mod accounts;
 pub mod error;
 mod input;
 mod ops;
@@ -23,7 +26,8 @@ use super::proxy_client::ProxyCaller;
 use error::KmsError;
 use state::KmsState;
 
-/// Settings that the control API may change at run time.
+/// Settings of one account and Region; the control API may change all but
+/// the account and Region at run time.
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub region: String,
@@ -32,15 +36,21 @@ pub struct Settings {
     pub disconnect_delay: Duration,
     pub max_custom_key_stores: usize,
     pub strict_connected_updates: bool,
-    pub vpc_endpoint_services: Vec<VpcEndpointServiceConfig>,
 }
 
-/// Emulated KMS for one account and Region.
+/// VPC endpoint services that exist, shared by every account and Region
+/// (a service is reachable from any account its owner allows).
+pub type VpcServices = Arc<RwLock<Vec<VpcEndpointServiceConfig>>>;
+
+/// Emulated KMS for one account and Region: its stores, keys, settings,
+/// faults (with their token buckets) and counters. The proxy fleet, the
+/// resolve map and the VPC endpoint services are shared.
 pub struct KmsService {
     state: Mutex<KmsState>,
     settings: RwLock<Settings>,
     pub faults: FaultEngine,
-    pub caller: ProxyCaller,
+    pub caller: Arc<ProxyCaller>,
+    vpc_services: VpcServices,
 }
 
 /// Operations this emulator answers.
@@ -73,13 +83,40 @@ pub fn check_fault_keys<'a>(keys: impl IntoIterator<Item = &'a String>) -> Resul
 }
 
 impl KmsService {
-    pub fn new(settings: Settings, faults: FaultEngine, caller: ProxyCaller) -> Self {
+    pub fn new(
+        settings: Settings,
+        faults: FaultEngine,
+        caller: Arc<ProxyCaller>,
+        vpc_services: VpcServices,
+    ) -> Self {
         Self {
             state: Mutex::new(KmsState::default()),
             settings: RwLock::new(settings),
             faults,
             caller,
+            vpc_services,
         }
+    }
+
+    pub fn account_id(&self) -> String {
+        self.settings().account_id
+    }
+
+    pub fn region(&self) -> String {
+        self.settings().region
+    }
+
+    pub fn vpc_endpoint_services(&self) -> Vec<VpcEndpointServiceConfig> {
+        self.vpc_services
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Number of stores and keys, for `GET /_emulator/accounts`.
+    pub fn counts(&self) -> (usize, usize) {
+        let state = self.lock();
+        (state.stores.len(), state.keys.len())
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, KmsState> {
@@ -126,22 +163,22 @@ impl KmsService {
 
     /// Answer one `POST /` request, with a request id like KMS's.
     pub async fn handle(self: Arc<Self>, headers: &HeaderMap, body: Bytes) -> Response {
-        let mut response = self.answer(headers, body).await;
-        if let Ok(id) = HeaderValue::from_str(&state::new_key_id()) {
-            response.headers_mut().insert("x-amzn-requestid", id);
+        with_request_id(self.answer(headers, body).await)
+    }
+
+    /// Refuse a request whose credentials are expired or invalid, before
+    /// any fault or quota applies (as AWS authenticates first); it counts
+    /// as a request and an error of its operation.
+    pub fn reject(&self, headers: &HeaderMap, error: KmsError) -> Response {
+        if let Some(operation) = operation_of(headers) {
+            self.faults.record_rejected(operation, error.code);
         }
-        response
+        tracing::debug!(error = error.code, "KMS request refused: credentials");
+        with_request_id(error.into_response())
     }
 
     async fn answer(self: Arc<Self>, headers: &HeaderMap, body: Bytes) -> Response {
-        let target = headers
-            .get("x-amz-target")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default();
-        let Some(operation) = target
-            .strip_prefix("TrentService.")
-            .filter(|op| OPERATIONS.contains(op))
-        else {
+        let Some(operation) = operation_of(headers) else {
             return KmsError::new(
                 "UnknownOperationException",
                 "The operation is not supported by this emulator.",
@@ -205,6 +242,20 @@ impl KmsService {
             )),
         }
     }
+}
+
+/// The emulated operation an `X-Amz-Target: TrentService.<Op>` names.
+fn operation_of(headers: &HeaderMap) -> Option<&'static str> {
+    let target = headers.get("x-amz-target").and_then(|v| v.to_str().ok())?;
+    let op = target.strip_prefix("TrentService.")?;
+    OPERATIONS.iter().copied().find(|o| *o == op)
+}
+
+fn with_request_id(mut response: Response) -> Response {
+    if let Ok(id) = HeaderValue::from_str(&state::new_key_id()) {
+        response.headers_mut().insert("x-amzn-requestid", id);
+    }
+    response
 }
 
 /// A response whose body fails at once: the connection is cut before a

@@ -554,7 +554,7 @@ impl KmsService {
     /// Why connecting fails, as a `ConnectionErrorCode`, or `None`.
     async fn connection_failure(&self, proxy: &ProxySettings) -> Option<&'static str> {
         if proxy.is_vpc() {
-            let services = self.settings().vpc_endpoint_services;
+            let services = self.vpc_endpoint_services();
             let wanted = proxy.vpc_service_name.as_deref().unwrap_or_default();
             let found = services.iter().find(|s| {
                 s.name == wanted
