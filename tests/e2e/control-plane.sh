@@ -59,11 +59,12 @@ cmd_build() {
   rm -rf "$tmp"; mkdir -p "$tmp/bin"
   log "building etcd, kube-apiserver, kube-controller-manager, kubectl ($v) into $out"
   local start=$SECONDS
+  # (the ~250 "go: downloading" lines of a cold module cache say nothing)
   (cd "$module" && go build -trimpath -ldflags="$ldflags" -o "$tmp/bin/" \
       k8s.io/kubernetes/cmd/kube-apiserver \
       k8s.io/kubernetes/cmd/kube-controller-manager \
       k8s.io/kubernetes/cmd/kubectl \
-      ./etcd) || { rm -rf "$tmp"; die "go build failed"; }
+      ./etcd) 2> >(grep -v '^go: downloading ' >&2) || { rm -rf "$tmp"; die "go build failed"; }
   rm -rf "$(dirname "$out")"
   mv "$tmp" "$(dirname "$out")"
   log "built in $((SECONDS - start))s"
