@@ -570,6 +570,10 @@ mod tests {
         assert_eq!(cfg.proxies.len(), 2);
         assert_eq!(cfg.vpc_endpoint_services.len(), 1);
         assert!(cfg.faults.contains_key("*"));
+        assert_eq!((cfg.identities.len(), cfg.roles.len()), (1, 2));
+        assert!(cfg.roles[1].external_id.is_some());
+        assert_eq!(cfg.overrides.len(), 2);
+        assert!(cfg.sts.faults.contains_key("AssumeRole"));
         ProxyFleet::new(cfg.proxies).unwrap();
     }
 
