@@ -504,6 +504,30 @@ mod tests {
         );
     }
 
+    /// The bench hands a config to a child emulator as YAML.
+    #[test]
+    fn a_full_config_round_trips_through_yaml() {
+        let mut cfg = EmulatorConfig::default();
+        cfg.roles
+            .push(RoleConfig::new("arn:aws:iam::333344445555:role/r").with_external_id("ext-id"));
+        cfg.identities.push(IdentityConfig::new(
+            "AKIAROUNDTRIP",
+            "arn:aws:iam::333344445555:user/u",
+        ));
+        cfg.sts.session_duration_seconds = Some(5);
+        cfg.overrides.push(AccountOverride {
+            account_id: DEMO_SECOND_ACCOUNT_ID.into(),
+            max_custom_key_stores: Some(3),
+            ..AccountOverride::default()
+        });
+        let back = EmulatorConfig::from_yaml_str(&serde_yaml::to_string(&cfg).unwrap()).unwrap();
+        back.validate().unwrap();
+        assert_eq!(back.roles, cfg.roles);
+        assert_eq!(back.identities, cfg.identities);
+        assert_eq!(back.sts, cfg.sts);
+        assert_eq!(back.overrides, cfg.overrides);
+    }
+
     #[test]
     fn overrides_merge_account_then_region() {
         let cfg = EmulatorConfig::from_yaml_str(

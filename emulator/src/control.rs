@@ -461,6 +461,20 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
     }
 }
 
+/// A query string whose rejection answers `{"error": ...}` too.
+struct QueryParams<T>(T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for QueryParams<T> {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Response> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(value)) => Ok(Self(value)),
+            Err(rejection) => Err(bad(rejection.status(), rejection.body_text())),
+        }
+    }
+}
+
 /// A proxy from the body of `PUT /proxies/{host}`: the host is the path's
 /// (a body may repeat it, but not contradict it).
 fn proxy_from_body(host: String, mut body: Value) -> Result<ProxyConfig, (StatusCode, String)> {
@@ -635,7 +649,7 @@ fn sts_router() -> Router<Arc<EmulatorControl>> {
         .route(
             "/expire-sessions",
             post(
-                |State(c): Ctl, query: axum::extract::Query<RoleFilter>| async move {
+                |State(c): Ctl, QueryParams(query): QueryParams<RoleFilter>| async move {
                     Json(json!({"expired": c.sts().expire_sessions(query.role_arn.as_deref())}))
                 },
             ),
