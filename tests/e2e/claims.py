@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 
 from conftest import wait_ready, wait_xks
-from harness import Emulator, Kubectl, condition, eventually, is_ready, store
+from harness import Emulator, Kubectl, condition, eventually, is_ready, store, wait_namespaces_gone
 
 
 def claimed_by(holder: str):
@@ -33,6 +33,9 @@ def run_claim_scenarios(kubectl: Kubectl, emulator: Emulator, ns_a: str, ns_b: s
     kubectl.apply(store(ns_a, f"payments-{tag}", hosts[0], keyStoreName=kms_name))
     held = wait_ready(kubectl, ns_a, f"payments-{tag}")
     store_id = held["status"]["keyStoreId"]
+    # No earlier test's store being deleted: every KMS write below would be
+    # a rival's.
+    wait_namespaces_gone(kubectl)
     writes_before = emulator.mutating_calls()
 
     # 1. Same name, another endpoint, another namespace: refused, KMS untouched.

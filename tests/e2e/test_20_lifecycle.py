@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 from conftest import FINDINGS, wait_ready, wait_xks
-from harness import condition, eventually, is_ready, operation, secret, steps, store
+from harness import condition, eventually, is_ready, operation, secret, steps, store, wait_namespaces_gone
 
 ROTATION = ["Preflight", "Disconnect", "Update", "HealthCheck", "Connect"]
 
@@ -87,6 +87,8 @@ def test_suspend_makes_no_kms_call(kubectl, operator, emulator, ns, fresh_host):
              lambda o: (condition(o, "Ready") or {}).get("reason") == "Suspended"
              and o["status"].get("observedGeneration") == o["metadata"]["generation"],
              "Ready reason Suspended")
+    # Earlier tests' namespaces gone: nothing else calls KMS in the window.
+    wait_namespaces_gone(kubectl)
     before_kms = emulator.stats()
     # A disruptive change and a requested reconcile, both while suspended.
     kubectl.patch_xks(ns, "suspended", {
@@ -124,6 +126,7 @@ def test_require_approval_waits_for_the_annotation(kubectl, operator, emulator, 
     ready = condition(obj, "Ready")
     assert ready["status"] == "False" and ready["reason"] == "AwaitingApproval", ready
     assert f"xks-operator.io/approve-generation={generation}" in ready["message"], ready
+    wait_namespaces_gone(kubectl)
     before = emulator.mutating_calls()
     time.sleep(3)
     kms = emulator.the_store("gated")
