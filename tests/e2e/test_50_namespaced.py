@@ -9,7 +9,7 @@ import pytest
 
 from claims import run_claim_scenarios
 from conftest import FINDINGS, wait_ready
-from harness import secret, store
+from harness import eventually, secret, store
 
 def can_i(kubectl, user: str, *args: str) -> str:
     proc = kubectl.run("auth", "can-i", *args, f"--as={user}", check=False)
@@ -56,3 +56,22 @@ def test_claims_namespaced(kubectl, namespaced_operator, emulator, teams, fresh_
     result = run_claim_scenarios(kubectl, emulator, *teams, [fresh_host(), fresh_host(), fresh_host()], "ns")
     FINDINGS.append(f"claims, namespaced: the next resource took over {result['takeover_seconds']}s after the "
                     "holder was deleted")
+
+
+def test_roles_for_people(kubectl, namespaced_operator, make_namespace):
+    """Issue 10 item 3: `view` may read key stores (aggregated), `edit` may
+    not write them unless the chart says so, the chart's editor role may."""
+    ns = make_namespace("people", with_secret=False)
+    for user, role in (("viewer@example.com", "view"), ("editor@example.com", "edit"),
+                       ("xks-admin@example.com", "xks-operator-editor")):
+        kubectl.run("create", "rolebinding", user.split("@")[0], "-n", ns, f"--clusterrole={role}", f"--user={user}")
+    xks = "externalkeystores.xks-operator.io"
+    # Aggregation is kube-controller-manager's job: give it a moment.
+    eventually(lambda: can_i(kubectl, "viewer@example.com", "list", xks, "-n", ns) == "yes", 30,
+               "view aggregates the viewer role")
+    assert can_i(kubectl, "viewer@example.com", "patch", xks, "-n", ns) == "no"
+    assert can_i(kubectl, "editor@example.com", "get", xks, "-n", ns) == "yes"
+    assert can_i(kubectl, "editor@example.com", "create", xks, "-n", ns) == "no"
+    assert can_i(kubectl, "xks-admin@example.com", "create", xks, "-n", ns) == "yes"
+    assert can_i(kubectl, "xks-admin@example.com", "patch", xks, "--subresource=status", "-n", ns) == "no"
+    assert can_i(kubectl, "xks-admin@example.com", "get", "secrets", "-n", ns) == "no"
