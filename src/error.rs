@@ -72,16 +72,93 @@ impl ErrorCategory {
         }
     }
 
-    /// Whether retrying the same call later can succeed without anyone acting.
-    pub fn is_retryable(self) -> bool {
-        matches!(
-            self,
+    /// Whether the failure can pass by itself (the operator retries it with
+    /// backoff, for as long as it lasts) or needs a person to change
+    /// something. The table of docs/troubleshooting.md ("Retries") is this.
+    pub fn class(self) -> Class {
+        match self {
+            // KMS, the network or the proxy are momentarily unable: the
+            // same call later succeeds.
             Self::Throttled
-                | Self::Transient
-                | Self::InvalidState
-                | Self::ProxyUnreachable
-                | Self::ProxyUnhealthy
-                | Self::Internal
-        )
+            | Self::Transient
+            | Self::ProxyUnreachable
+            | Self::ProxyUnhealthy
+            // Someone else changed the store's state under us: the next
+            // observation plans from the new state.
+            | Self::InvalidState
+            // Our own unexpected error: retry, carefully (capped backoff).
+            | Self::Internal => Class::Transient,
+            // What the resource, its Secret, the proxy, IAM or the account
+            // must change; retrying the same call cannot help.
+            Self::InvalidSpec
+            | Self::CredentialSecret
+            | Self::Conflict
+            | Self::LimitExceeded
+            | Self::NotFound
+            | Self::ProxyCredentialRejected
+            | Self::ProxyMisconfigured
+            | Self::ProxyInvalidResponse
+            | Self::KeyContinuity
+            | Self::StoreHasKeys
+            | Self::AccessDenied
+            | Self::Unsupported => Class::NeedsPerson,
+            // Depends on the ConnectionErrorCode: see `connection_error_class`.
+            Self::ConnectionFailed => Class::NeedsPerson,
+        }
+    }
+}
+
+/// Whether a failure passes by itself or needs a person.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Class {
+    /// Retried by the operator, with backoff, for as long as it lasts.
+    Transient,
+    /// Stalled until someone changes the spec, the Secret, the proxy, IAM
+    /// or the account (or requests a reconcile).
+    NeedsPerson,
+}
+
+/// The class of a KMS `ConnectionErrorCode`, for a store that failed to
+/// connect: codes that describe a passing condition are transient.
+pub fn connection_error_class(code: &str) -> Class {
+    match code {
+        "NETWORK_ERRORS" | "XKS_PROXY_TIMED_OUT" | "XKS_PROXY_NOT_REACHABLE" | "INTERNAL_ERROR" => {
+            Class::Transient
+        }
+        // INVALID_CREDENTIALS, XKS_PROXY_ACCESS_DENIED,
+        // XKS_PROXY_INVALID_CONFIGURATION, XKS_PROXY_INVALID_RESPONSE,
+        // XKS_PROXY_INVALID_TLS_CONFIGURATION,
+        // XKS_VPC_ENDPOINT_SERVICE_INVALID_CONFIGURATION,
+        // XKS_VPC_ENDPOINT_SERVICE_NOT_FOUND, and any code KMS may add.
+        _ => Class::NeedsPerson,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_connection_codes_of_a_passing_condition_are_transient() {
+        for code in [
+            "NETWORK_ERRORS",
+            "XKS_PROXY_TIMED_OUT",
+            "XKS_PROXY_NOT_REACHABLE",
+            "INTERNAL_ERROR",
+        ] {
+            assert_eq!(connection_error_class(code), Class::Transient, "{code}");
+        }
+        for code in [
+            "INVALID_CREDENTIALS",
+            "XKS_PROXY_ACCESS_DENIED",
+            "XKS_PROXY_INVALID_CONFIGURATION",
+            "XKS_PROXY_INVALID_RESPONSE",
+            "XKS_PROXY_INVALID_TLS_CONFIGURATION",
+            "XKS_VPC_ENDPOINT_SERVICE_INVALID_CONFIGURATION",
+            "XKS_VPC_ENDPOINT_SERVICE_NOT_FOUND",
+            "SOMETHING_KMS_ADDS_LATER",
+        ] {
+            assert_eq!(connection_error_class(code), Class::NeedsPerson, "{code}");
+        }
     }
 }

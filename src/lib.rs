@@ -20,4 +20,5 @@ pub mod error;
 pub mod kms;
 pub mod model;
 pub mod plan;
+pub mod retry;
 pub mod xks;

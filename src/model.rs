@@ -2,11 +2,13 @@
 //! reports about a store, and the proxy configuration the user wants.
 //! No I/O here.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
-/// KMS `ConnectionState` of a custom key store.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// KMS `ConnectionState` of a custom key store, serialized as KMS spells it
+/// (it is also `status.connectionState`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ConnectionState {
     Connected,
@@ -45,8 +47,10 @@ impl fmt::Display for ConnectionState {
     }
 }
 
-/// How KMS reaches the proxy (`XksProxyConnectivity`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// How KMS reaches the proxy (`XksProxyConnectivity`), serialized as KMS
+/// spells it (it is also `status.proxy.connectivity`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum Connectivity {
     #[default]
     PublicEndpoint,
@@ -72,10 +76,13 @@ impl Connectivity {
 }
 
 /// The proxy configuration of a store as KMS knows it, minus the secret
-/// (KMS never returns the secret; see [`ProxyCredential`]).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// (KMS never returns the secret; see [`ProxyCredential`]). Also the shape
+/// of `status.proxy` and of the location a rollback restores.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ProxyConfig {
+    /// `PUBLIC_ENDPOINT` or `VPC_ENDPOINT_SERVICE`.
+    #[schemars(with = "String")]
     pub connectivity: Connectivity,
     pub uri_endpoint: String,
     pub uri_path: String,

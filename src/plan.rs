@@ -8,7 +8,8 @@
 //! crash between any two steps resume the sequence instead of restarting it.
 
 use crate::api::{
-    DeletionPolicy, DesiredConnectionState, Operation, OperationPhase, ProxyChecks, StepName,
+    DeletionPolicy, DesiredConnectionState, Operation, OperationPhase, ProxyChecks, RollbackPolicy,
+    Step, StepName, StepState,
 };
 use crate::error::ErrorCategory;
 use crate::model::{ConnectionState, Connectivity, ObservedStore, ProxyConfig};
@@ -316,6 +317,179 @@ fn plan_deletion(desired: &Desired, observed: Option<&ObservedStore>, target: St
         target,
         steps,
     })
+}
+
+/// The operation to record for `new`: its steps pending, except the
+/// operator's own proxy calls under `proxyChecks: KmsOnly`, which are
+/// skipped and say so; planned only (not run) under `ObserveOnly`.
+/// `previous` is the proxy location before anything changes: what a
+/// rollback restores.
+pub fn operation(
+    new: NewOperation,
+    checks: ProxyChecks,
+    observe_only: bool,
+    generation: Option<i64>,
+    started_at: &str,
+    previous: Option<ProxyConfig>,
+) -> Operation {
+    let steps = new
+        .steps
+        .into_iter()
+        .map(|name| {
+            let mut step = Step::pending(name);
+            if checks == ProxyChecks::KmsOnly && calls_the_proxy(name) {
+                step.state = StepState::Skipped;
+                step.message = Some(
+                    "skipped: proxyChecks is KmsOnly, so the operator does not call the proxy itself; KMS health-checks the new values on update and connect".into(),
+                );
+            }
+            step
+        })
+        .collect();
+    Operation {
+        trigger: new.trigger,
+        phase: if observe_only {
+            OperationPhase::Planned
+        } else {
+            OperationPhase::Running
+        },
+        disruptive: new.disruptive,
+        target: new.target,
+        generation,
+        started_at: started_at.to_string(),
+        finished_at: None,
+        steps,
+        previous,
+        message: None,
+    }
+}
+
+/// The steps in which the operator itself calls the proxy.
+pub fn calls_the_proxy(step: StepName) -> bool {
+    matches!(step, StepName::Preflight | StepName::HealthCheck)
+}
+
+/// What gates a recorded operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Gate {
+    /// `disruptiveUpdates: RequireApproval`.
+    pub require_approval: bool,
+    /// The approval annotation names the current generation.
+    pub approved: bool,
+    /// The resource is being deleted (deletion needs no approval).
+    pub deleting: bool,
+}
+
+/// What a recorded operation does next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Next {
+    /// Run the step at this index.
+    Run(usize),
+    /// Stop before the disconnect until the change is approved.
+    AwaitApproval,
+    /// Every step is done (or failed, during a rollback): conclude it.
+    Finish,
+}
+
+/// The next step of `op`. A failed step stays failed: during a rollback the
+/// steps after it run, and the failed one is history. A disruptive change
+/// that needs approval never starts its Disconnect unapproved.
+pub fn next(op: &Operation, gate: Gate) -> Next {
+    let Some(index) = op
+        .steps
+        .iter()
+        .position(|s| matches!(s.state, StepState::Pending | StepState::Running))
+    else {
+        return Next::Finish;
+    };
+    let step = &op.steps[index];
+    if step.name == StepName::Disconnect
+        && step.state == StepState::Pending
+        && op.disruptive
+        && gate.require_approval
+        && !gate.approved
+        && !gate.deleting
+    {
+        return Next::AwaitApproval;
+    }
+    Next::Run(index)
+}
+
+/// The rollback of `op` once `failed` has failed for good (`why`): after
+/// the health check or Connect fails following an update that moved the
+/// proxy, put the previous location back and reconnect, rather than leave
+/// the store disconnected until a person acts. `None` when it does not
+/// apply: other steps, deletion, `rollback: Disabled`, a rollback already
+/// under way, no update done, or the location unchanged.
+pub fn rollback(
+    op: &Operation,
+    current: Option<&ProxyConfig>,
+    failed: StepName,
+    why: &str,
+    policy: RollbackPolicy,
+    deleting: bool,
+) -> Option<Operation> {
+    if !rollback_applies(op, current, failed, policy, deleting) {
+        return None;
+    }
+    let previous = op.previous.as_ref()?;
+    let mut rolled = op.clone();
+    rolled.phase = OperationPhase::RollingBack;
+    // The rest of the plan (Connect, after a failed health check) would go
+    // to the proxy that just failed: the rollback replaces it.
+    for step in rolled
+        .steps
+        .iter_mut()
+        .filter(|s| s.state == StepState::Pending)
+    {
+        step.state = StepState::Skipped;
+        step.message = Some(format!("skipped: {failed} failed, rolling back"));
+    }
+    rolled.message = Some(format!(
+        "{failed} failed after the update: {why}; rolling back to {}{}",
+        previous.uri_endpoint, previous.uri_path
+    ));
+    rolled.steps.extend(
+        [
+            StepName::RollbackDisconnect,
+            StepName::RestorePrevious,
+            StepName::RollbackConnect,
+        ]
+        .into_iter()
+        .map(Step::pending),
+    );
+    Some(rolled)
+}
+
+/// Whether a failure of `failed` would be rolled back (see [`rollback`]):
+/// the retry policy retries such failures only a few times.
+pub fn rollback_applies(
+    op: &Operation,
+    current: Option<&ProxyConfig>,
+    failed: StepName,
+    policy: RollbackPolicy,
+    deleting: bool,
+) -> bool {
+    let updated = op
+        .steps
+        .iter()
+        .any(|s| s.name == StepName::Update && s.state == StepState::Succeeded);
+    let moved = match (current, op.previous.as_ref()) {
+        (Some(c), Some(p)) => {
+            c.uri_endpoint != p.uri_endpoint
+                || c.uri_path != p.uri_path
+                || c.connectivity != p.connectivity
+                || c.vpc_endpoint_service_name != p.vpc_endpoint_service_name
+                || c.vpc_endpoint_service_owner != p.vpc_endpoint_service_owner
+        }
+        _ => false,
+    };
+    matches!(failed, StepName::HealthCheck | StepName::Connect)
+        && !deleting
+        && policy == RollbackPolicy::Automatic
+        && op.phase != OperationPhase::RollingBack
+        && updated
+        && moved
 }
 
 fn trigger_text(desired: &Desired, store: &ObservedStore, d: &Diff) -> String {
@@ -862,6 +1036,119 @@ mod tests {
             let end = model.observed();
             let settled = decide(&input(&d, end.as_ref(), &model, None, deleting));
             prop_assert!(matches!(settled, Decision::InSync | Decision::Release), "{:?}", settled);
+        }
+
+        /// Under `proxyChecks: KmsOnly` the operator never calls the proxy
+        /// itself; under `Direct` every step is there to run.
+        #[test]
+        fn kms_only_skips_exactly_the_operators_own_proxy_calls((d, store, deleting) in arb_case(), kms_only in any::<bool>()) {
+            let observed = store.observed();
+            let Decision::Start(new) = decide(&input(&d, observed.as_ref(), &store, None, deleting)) else {
+                return Ok(());
+            };
+            let checks = if kms_only { ProxyChecks::KmsOnly } else { ProxyChecks::Direct };
+            let names = new.steps.clone();
+            let op = operation(new, checks, false, Some(1), "t0", None);
+            prop_assert_eq!(op.steps.iter().map(|s| s.name).collect::<Vec<_>>(), names);
+            for step in &op.steps {
+                let skipped = step.state == StepState::Skipped;
+                prop_assert_eq!(skipped, kms_only && calls_the_proxy(step.name), "{:?}", step);
+            }
+        }
+
+        /// A disruptive change that needs approval never reaches its
+        /// Disconnect unapproved, whatever prefix already ran; approved (or
+        /// on deletion) it runs to the end.
+        #[test]
+        fn an_unapproved_disruptive_change_never_disconnects(
+            (d, store, deleting) in arb_case(),
+            cut in 0usize..8,
+            approved in any::<bool>(),
+        ) {
+            let observed = store.observed();
+            let Decision::Start(new) = decide(&input(&d, observed.as_ref(), &store, None, deleting)) else {
+                return Ok(());
+            };
+            let mut op = recorded_op(&new, cut.min(new.steps.len()));
+            let gate = Gate { require_approval: true, approved, deleting };
+            let mut ran = Vec::new();
+            loop {
+                match next(&op, gate) {
+                    Next::Run(i) => {
+                        ran.push(op.steps[i].name);
+                        op.steps[i].state = StepState::Succeeded;
+                    }
+                    Next::AwaitApproval => {
+                        prop_assert!(op.disruptive && !approved && !deleting);
+                        break;
+                    }
+                    Next::Finish => {
+                        prop_assert!(op.steps.iter().all(|s| s.state.is_done()));
+                        break;
+                    }
+                }
+            }
+            if op.disruptive && !approved && !deleting {
+                prop_assert!(!ran.contains(&StepName::Disconnect), "disconnected unapproved: {:?}", ran);
+            }
+        }
+
+        /// A rollback happens only after an update that moved the proxy,
+        /// for a failed health check or Connect, never on deletion, never
+        /// twice, never when disabled; it replaces what was left of the
+        /// plan with disconnect → restore → connect.
+        #[test]
+        fn rollback_only_undoes_an_update_that_moved_the_proxy(
+            done in 0usize..6,
+            failed_index in 0usize..5,
+            moved in any::<bool>(),
+            deleting in any::<bool>(),
+            disabled in any::<bool>(),
+            rolling_back in any::<bool>(),
+        ) {
+            let names = [
+                StepName::Preflight,
+                StepName::Disconnect,
+                StepName::Update,
+                StepName::HealthCheck,
+                StepName::Connect,
+            ];
+            let new = NewOperation {
+                trigger: "uriEndpoint changed".into(),
+                disruptive: true,
+                target: "t".into(),
+                steps: names.to_vec(),
+            };
+            let mut op = recorded_op(&new, done.min(names.len()));
+            let previous = desired().proxy;
+            op.previous = Some(previous.clone());
+            if rolling_back {
+                op.phase = OperationPhase::RollingBack;
+            }
+            let mut current = previous.clone();
+            if moved {
+                current.uri_endpoint = "https://xks-new.example.com".into();
+            }
+            let failed = names[failed_index];
+            let policy = if disabled { RollbackPolicy::Disabled } else { RollbackPolicy::Automatic };
+            let rolled = rollback(&op, Some(&current), failed, "boom", policy, deleting);
+            let updated = done > 2;
+            let expected = matches!(failed, StepName::HealthCheck | StepName::Connect)
+                && updated && moved && !deleting && !disabled && !rolling_back;
+            prop_assert_eq!(rolled.is_some(), expected);
+            if let Some(r) = rolled {
+                prop_assert_eq!(r.phase, OperationPhase::RollingBack);
+                let pending: Vec<StepName> = r.steps.iter()
+                    .filter(|s| s.state == StepState::Pending)
+                    .map(|s| s.name)
+                    .collect();
+                prop_assert_eq!(pending, vec![
+                    StepName::RollbackDisconnect,
+                    StepName::RestorePrevious,
+                    StepName::RollbackConnect,
+                ]);
+                prop_assert!(rollback(&r, Some(&current), StepName::Connect, "again", policy, deleting).is_none());
+            }
         }
     }
 }

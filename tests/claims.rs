@@ -84,7 +84,7 @@ fn assert_claimed_by(status: &ExternalKeyStoreStatus, holder: &str) {
         .iter()
         .find(|c| c.type_ == "Stalled")
         .expect("a Stalled condition");
-    assert_eq!(stalled.status, "True");
+    assert!(stalled.is_true());
     assert_eq!(stalled.reason, "StoreClaimed");
     assert!(
         stalled.message.contains(holder),
@@ -96,7 +96,7 @@ fn assert_claimed_by(status: &ExternalKeyStoreStatus, holder: &str) {
         .iter()
         .find(|c| c.type_ == "Ready")
         .expect("a Ready condition");
-    assert_eq!(ready.status, "False");
+    assert!(!ready.is_true());
 }
 
 #[tokio::test]

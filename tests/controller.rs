@@ -694,12 +694,12 @@ async fn an_in_sync_store_is_not_rewritten_when_only_timestamps_would_change() {
         h.pass().await;
     }
     let status = h.api.object().and_then(|o| o.status).expect("status");
-    assert_eq!(status.connection_state.as_deref(), Some("CONNECTED"));
+    assert_eq!(status.connection_state, Some(ConnectionState::Connected));
     assert!(
         status
             .conditions
             .iter()
-            .any(|c| c.type_ == "Ready" && c.status == "True"),
+            .any(|c| c.type_ == "Ready" && c.is_true()),
         "{status:?}"
     );
 
@@ -912,7 +912,7 @@ async fn a_missing_secret_stalls_with_its_name_and_no_kms_change() {
         .iter()
         .find(|c| c.type_ == "Stalled")
         .expect("Stalled");
-    assert_eq!(stalled.status, "True");
+    assert!(stalled.is_true());
     assert_eq!(stalled.reason, "CredentialSecretInvalid");
     assert!(
         stalled.message.contains("xks-proxy-credential"),
@@ -979,7 +979,7 @@ async fn the_controller_pushes_a_rotated_secret_without_a_change_of_the_resource
         h.api.object().and_then(|o| o.status).is_some_and(|s| {
             s.conditions
                 .iter()
-                .any(|c| c.type_ == "Ready" && c.status == "True")
+                .any(|c| c.type_ == "Ready" && c.is_true())
         })
     };
     wait_until("the store is created, connected and Ready", || ready(&h)).await;
@@ -1154,7 +1154,7 @@ async fn the_controller_runs_the_real_kms_adapter_against_the_emulator() {
         if status.as_ref().is_some_and(|s| {
             s.conditions
                 .iter()
-                .any(|c| c.type_ == "Ready" && c.status == "True")
+                .any(|c| c.type_ == "Ready" && c.is_true())
         }) {
             break status.expect("status");
         }
@@ -1165,7 +1165,7 @@ async fn the_controller_runs_the_real_kms_adapter_against_the_emulator() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     };
     running.abort();
-    assert_eq!(status.connection_state.as_deref(), Some("CONNECTED"));
+    assert_eq!(status.connection_state, Some(ConnectionState::Connected));
     let id = status.key_store_id.clone().expect("id");
     assert!(id.starts_with("cks-"), "{id}");
     let stats = kms.stats();

@@ -10,7 +10,7 @@ use std::time::Duration;
 use xks_emulator::config::{
     DEMO_ACCESS_KEY_ID, DEMO_ROTATED_SECRET, DEMO_SECRET, VpcEndpointServiceConfig, demo_proxy,
 };
-use xks_emulator::xks_proxy::KeyManagerHealth;
+use xks_emulator::xks_proxy::{KeyManagerHealth, ProxyFaults};
 use xks_operator::api::{ExternalKeyStoreStatus, OperationPhase, StepName, StepState};
 use xks_operator::cli::settle;
 use xks_operator::engine::conditions;
@@ -27,7 +27,7 @@ async fn creates_and_connects_a_new_store() {
         vec![StepName::Preflight, StepName::Create, StepName::Connect]
     );
     assert!(all_succeeded(&status));
-    assert_eq!(status.connection_state.as_deref(), Some("CONNECTED"));
+    assert_eq!(status.connection_state, Some(ConnectionState::Connected));
     assert!(conditions::is_true(&status, conditions::READY));
     let stores = kms_view(&h).await;
     assert_eq!(stores.len(), 1);
@@ -99,7 +99,7 @@ async fn rotated_secret_with_same_access_key_id_is_pushed_online() {
     assert_ne!(status.credential_fingerprint, before);
     assert_eq!(calls(&h, "UpdateCustomKeyStore"), 1);
     assert_eq!(calls(&h, "DisconnectCustomKeyStore"), 0);
-    assert_eq!(status.connection_state.as_deref(), Some("CONNECTED"));
+    assert_eq!(status.connection_state, Some(ConnectionState::Connected));
 
     // KMS holds the new secret now: with the old one retired on the
     // proxies, a reconnect still authenticates.
@@ -309,31 +309,56 @@ async fn wrong_credential_is_refused_before_anything_is_created() {
     let outcome = converge(&h, &res, wrong, &mut status, &mut Recorder::default()).await;
     assert_eq!(outcome, Outcome::Stalled);
     let stalled = conditions::get(&status, conditions::STALLED).expect("stalled");
-    assert_eq!(stalled.status, "True");
+    assert!(stalled.is_true());
     assert_eq!(stalled.reason, "ProxyCredentialRejected");
     assert!(kms_view(&h).await.is_empty(), "no store may be created");
 }
 
+/// A new proxy that does not answer (a network blip, a proxy restarting)
+/// is a cause that can pass: Preflight is retried with backoff, the store
+/// is never disconnected meanwhile, status says it retries and when, and
+/// the change completes by itself once the proxy answers.
 #[tokio::test]
-async fn unreachable_new_proxy_leaves_the_store_connected() {
+async fn an_unreachable_new_proxy_is_retried_without_disconnecting_until_it_answers() {
     let h = harness().await;
     let (mut res, mut status) = created(&h).await;
-    res.spec.proxy.uri_endpoint = "https://xks-nowhere.example.com".into();
-    let outcome = converge(
-        &h,
-        &res,
-        credential(),
-        &mut status,
-        &mut Recorder::default(),
-    )
-    .await;
-    assert_eq!(outcome, Outcome::Stalled);
-    assert_eq!(
-        conditions::get(&status, conditions::STALLED).map(|c| c.reason.as_str()),
-        Some("ProxyUnreachable")
-    );
-    assert_connected_at(&h, PRIMARY).await;
+    res.spec.proxy.uri_endpoint = REPLICA.into();
+    let dropping = ProxyFaults {
+        drop_connections: true,
+        ..ProxyFaults::default()
+    };
+    h.emu
+        .control()
+        .set_proxy_faults("xks-replica.example.com", dropping)
+        .expect("faults");
+    let req = request(&res, credential());
+    let mut sink = Recorder::default();
+    for attempt in 1..=3 {
+        let outcome = h
+            .engine
+            .reconcile(&req, &mut status, &mut sink)
+            .await
+            .expect("pass");
+        assert!(matches!(outcome, Outcome::Requeue(_)), "{outcome:?}");
+        let retry = status.retry.clone().expect("the retry is in status");
+        assert_eq!(retry.attempts, attempt);
+        assert_eq!(retry.step, Some(StepName::Preflight));
+        assert_eq!(retry.reason, "ProxyUnreachable");
+        assert!(!retry.next_attempt_at.is_empty());
+        assert!(conditions::is_true(&status, conditions::RECONCILING));
+        assert!(!conditions::is_true(&status, conditions::STALLED));
+        assert_connected_at(&h, PRIMARY).await;
+    }
     assert_eq!(calls(&h, "DisconnectCustomKeyStore"), 0);
+
+    h.emu
+        .control()
+        .set_proxy_faults("xks-replica.example.com", ProxyFaults::default())
+        .expect("faults cleared");
+    let outcome = settle_request(&h, &req, &mut status, &mut sink).await;
+    assert_eq!(outcome, Outcome::InSync);
+    assert_eq!(status.retry, None);
+    assert_connected_at(&h, REPLICA).await;
 }
 
 #[tokio::test]
@@ -547,8 +572,65 @@ impl std::io::Write for LogWriter {
     }
 }
 
+/// After the update, the new proxy's key manager goes down: Connect ends
+/// FAILED with XKS_PROXY_NOT_REACHABLE, a cause that can pass. Without
+/// rollback the operator retries by itself (disconnecting the FAILED store
+/// first) and reconnects once the key manager is back.
 #[tokio::test]
-async fn failed_reconnect_without_rollback_names_the_connection_error() {
+async fn a_transient_connection_failure_without_rollback_reconnects_by_itself() {
+    let h = harness().await;
+    let (mut res, mut status) = created(&h).await;
+    res.spec.proxy.uri_endpoint = REPLICA.into();
+    res.spec.rollback = xks_operator::api::RollbackPolicy::Disabled;
+    let mut sink = Recorder::replica_dies_after(&h, StepName::HealthCheck);
+    let req = request(&res, credential());
+    let mut retried = None;
+    for _ in 0..200 {
+        match h
+            .engine
+            .reconcile(&req, &mut status, &mut sink)
+            .await
+            .expect("pass")
+        {
+            Outcome::Requeue(d) => tokio::time::sleep(d).await,
+            other => panic!("stopped retrying: {other:?}"),
+        }
+        if let Some(r) = status
+            .retry
+            .clone()
+            .filter(|r| r.step == Some(StepName::Connect))
+        {
+            retried = Some(r);
+            break;
+        }
+    }
+    let retry = retried.expect("the failed Connect is retried");
+    assert_eq!(retry.reason, "XksProxyNotReachable");
+    assert!(
+        retry.last_error.contains("XKS_PROXY_NOT_REACHABLE"),
+        "{}",
+        retry.last_error
+    );
+    assert!(!conditions::is_true(&status, conditions::STALLED));
+
+    sink.hook = None;
+    h.emu
+        .fleet()
+        .set_key_manager_health("xks-replica.example.com", "ekm-1", KeyManagerHealth::Active)
+        .expect("key manager back");
+    let outcome = settle_request(&h, &req, &mut status, &mut sink).await;
+    assert_eq!(outcome, Outcome::InSync);
+    assert_connected_at(&h, REPLICA).await;
+    assert_eq!(
+        status.operation.as_ref().map(|o| o.phase),
+        Some(OperationPhase::Succeeded)
+    );
+}
+
+/// A connection failure only a person can fix (the new proxy rejects the
+/// credential) stalls at once, naming the ConnectionErrorCode, as before.
+#[tokio::test]
+async fn a_connection_failure_that_needs_a_person_stalls_with_its_code() {
     let h = harness().await;
     let (mut res, mut status) = created(&h).await;
     res.spec.proxy.uri_endpoint = REPLICA.into();
@@ -561,11 +643,7 @@ async fn failed_reconnect_without_rollback_names_the_connection_error() {
                     .iter()
                     .any(|st| st.name == StepName::HealthCheck && st.state == StepState::Succeeded)
             }) {
-                let _ = fleet.set_key_manager_health(
-                    "xks-replica.example.com",
-                    "ekm-1",
-                    KeyManagerHealth::Unavailable,
-                );
+                let _ = fleet.remove_credential("xks-replica.example.com", DEMO_ACCESS_KEY_ID);
             }
         })),
         ..Recorder::default()
@@ -573,9 +651,14 @@ async fn failed_reconnect_without_rollback_names_the_connection_error() {
     let outcome = converge(&h, &res, credential(), &mut status, &mut sink).await;
     assert_eq!(outcome, Outcome::Stalled);
     let stalled = conditions::get(&status, conditions::STALLED).expect("stalled");
-    assert!(stalled.reason.starts_with("XksProxy"), "{}", stalled.reason);
-    assert!(stalled.message.contains("XKS_PROXY"), "{}", stalled.message);
-    assert_eq!(status.connection_state.as_deref(), Some("FAILED"));
+    assert_eq!(stalled.reason, "InvalidCredentials");
+    assert!(
+        stalled.message.contains("INVALID_CREDENTIALS"),
+        "{}",
+        stalled.message
+    );
+    assert_eq!(status.connection_state, Some(ConnectionState::Failed));
+    assert_eq!(status.retry, None);
     assert_eq!(
         status.operation.as_ref().map(|o| o.phase),
         Some(OperationPhase::Failed)
@@ -654,7 +737,7 @@ async fn a_pass_waiting_on_kms_describes_the_store_once() {
     let before = calls(&h, "DescribeCustomKeyStores");
     let outcome = h.engine.reconcile(&req, &mut status, &mut sink).await;
     assert!(matches!(outcome, Ok(Outcome::Requeue(_))), "{outcome:?}");
-    assert_eq!(status.connection_state.as_deref(), Some("CONNECTING"));
+    assert_eq!(status.connection_state, Some(ConnectionState::Connecting));
     assert_eq!(calls(&h, "DescribeCustomKeyStores") - before, 1);
 }
 

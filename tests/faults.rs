@@ -306,9 +306,9 @@ crash_suite! {
 
 /// Whether some write had condition `type_` True with `reason`.
 fn was(sink: &Recorder, type_: &str, reason: &str) -> bool {
-    sink.writes.iter().any(|s| {
-        conditions::get(s, type_).is_some_and(|c| c.status == "True" && c.reason == reason)
-    })
+    sink.writes
+        .iter()
+        .any(|s| conditions::get(s, type_).is_some_and(|c| c.is_true() && c.reason == reason))
 }
 
 fn ready(status: &ExternalKeyStoreStatus) -> bool {
@@ -317,7 +317,7 @@ fn ready(status: &ExternalKeyStoreStatus) -> bool {
 
 fn stalled_reason(status: &ExternalKeyStoreStatus) -> Option<String> {
     conditions::get(status, conditions::STALLED)
-        .filter(|c| c.status == "True")
+        .filter(|c| c.is_true())
         .map(|c| c.reason.clone())
 }
 
@@ -463,7 +463,7 @@ async fn a_proxy_health_flap_is_retried_then_the_change_goes_through() {
     // The key manager comes back once the operator reported it is waiting.
     let mut sink = Recorder::replica_health_when(&h, KeyManagerHealth::Active, |s| {
         conditions::get(s, conditions::RECONCILING)
-            .is_some_and(|c| c.status == "True" && c.reason == "ProxyUnhealthy")
+            .is_some_and(|c| c.is_true() && c.reason == "ProxyUnhealthy")
     });
     let outcome = converge(&h, &res, credential(), &mut status, &mut sink).await;
     assert_eq!(outcome, Outcome::InSync, "{:?}", status.conditions);
@@ -473,7 +473,7 @@ async fn a_proxy_health_flap_is_retried_then_the_change_goes_through() {
 }
 
 #[tokio::test]
-async fn a_proxy_that_stays_unavailable_stalls_before_any_disconnect() {
+async fn a_proxy_that_stays_unavailable_is_retried_before_any_disconnect() {
     let h = harness().await;
     let (mut res, mut status) = created(&h).await;
     res.spec.proxy.uri_endpoint = REPLICA.into();
@@ -485,16 +485,32 @@ async fn a_proxy_that_stays_unavailable_stalls_before_any_disconnect() {
             KeyManagerHealth::Unavailable,
         )
         .expect("health");
+    let req = request(&res, credential());
     let mut sink = Recorder::default();
-    let outcome = converge(&h, &res, credential(), &mut status, &mut sink).await;
-    assert_eq!(outcome, Outcome::Stalled);
-    assert_eq!(stalled_reason(&status).as_deref(), Some("ProxyUnhealthy"));
-    assert!(
-        was(&sink, conditions::RECONCILING, "ProxyUnhealthy"),
-        "retried first"
-    );
+    for _ in 0..5 {
+        let outcome = h
+            .engine
+            .reconcile(&req, &mut status, &mut sink)
+            .await
+            .expect("pass");
+        let Outcome::Requeue(delay) = outcome else {
+            panic!("stopped retrying: {outcome:?}");
+        };
+        tokio::time::sleep(delay).await;
+    }
+    assert!(was(&sink, conditions::RECONCILING, "ProxyUnhealthy"));
+    assert_eq!(stalled_reason(&status), None);
+    assert_eq!(status.retry.as_ref().map(|r| r.attempts), Some(5));
     assert_connected_at(&h, PRIMARY).await;
     assert_eq!(calls(&h, "DisconnectCustomKeyStore"), 0);
+
+    h.emu
+        .fleet()
+        .set_key_manager_health("xks-replica.example.com", "ekm-1", KeyManagerHealth::Active)
+        .expect("health");
+    let outcome = settle_request(&h, &req, &mut status, &mut sink).await;
+    assert_eq!(outcome, Outcome::InSync);
+    assert_connected_at(&h, REPLICA).await;
 }
 
 /// The proxy accepted the new credential at preflight, then dropped it

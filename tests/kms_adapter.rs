@@ -12,7 +12,7 @@ use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
-use xks_operator::error::ErrorCategory;
+use xks_operator::error::{Class, ErrorCategory};
 use xks_operator::kms::aws::AwsKeyStores;
 use xks_operator::kms::{CreateStore, KeyStores, KmsError, UpdateStore};
 use xks_operator::model::{ConnectionState, Connectivity, ProxyConfig, ProxyCredential};
@@ -268,7 +268,7 @@ async fn service_errors_keep_code_message_and_category() {
     assert_eq!(err.code(), Some("ThrottlingException"));
     assert!(err.to_string().contains("Rate exceeded"));
     assert_eq!(err.category(), ErrorCategory::Throttled);
-    assert!(err.is_retryable());
+    assert_eq!(err.class(), Class::Transient);
 
     let err = kms.disconnect("cks-1").await.unwrap_err();
     assert_eq!(err.code(), Some("CustomKeyStoreInvalidStateException"));
@@ -276,7 +276,7 @@ async fn service_errors_keep_code_message_and_category() {
 
     let err = kms.delete("cks-1").await.unwrap_err();
     assert_eq!(err.category(), ErrorCategory::StoreHasKeys);
-    assert!(!err.is_retryable());
+    assert_eq!(err.class(), Class::NeedsPerson);
 
     let req = CreateStore {
         name: "payments".into(),

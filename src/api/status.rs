@@ -1,5 +1,7 @@
+use crate::model::{ConnectionState, ProxyConfig};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use std::fmt;
 
 /// What the operator observed and did. Never holds the proxy secret.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -16,14 +18,15 @@ pub struct ExternalKeyStoreStatus {
     pub key_store_name: Option<String>,
     /// `ConnectionState` as KMS last reported it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub connection_state: Option<String>,
+    #[schemars(with = "Option<String>")]
+    pub connection_state: Option<ConnectionState>,
     /// `ConnectionErrorCode` when the store is FAILED; the Ready condition's
     /// message says what to do about it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connection_error_code: Option<String>,
     /// The proxy configuration KMS reports (no secret).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub proxy: Option<ObservedProxy>,
+    pub proxy: Option<ProxyConfig>,
     /// Keyed fingerprint of the proxy secret the operator last applied, to
     /// detect a rotated secret behind an unchanged access key id. Not the secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -37,20 +40,33 @@ pub struct ExternalKeyStoreStatus {
     /// Echo of the `reconcile.fluxcd.io/requestedAt` annotation last handled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_handled_reconcile_at: Option<String>,
+    /// A failure that can pass by itself, which the operator is retrying:
+    /// absent when nothing is being retried.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryStatus>,
 }
 
-/// The proxy part of `DescribeCustomKeyStores`.
+/// A failure the operator retries by itself, with backoff.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct ObservedProxy {
-    pub connectivity: String,
-    pub uri_endpoint: String,
-    pub uri_path: String,
+pub struct RetryStatus {
+    /// How many times it has failed in a row.
+    #[schemars(schema_with = "count_schema")]
+    pub attempts: u32,
+    /// The step that failed; absent when describing the store failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub vpc_endpoint_service_name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub vpc_endpoint_service_owner: Option<String>,
-    pub access_key_id: String,
+    pub step: Option<StepName>,
+    /// The condition reason of the last failure.
+    pub reason: String,
+    /// The last failure, in words (never a secret).
+    pub last_error: String,
+    /// When the next attempt is due (RFC 3339).
+    pub next_attempt_at: String,
+    /// How many calls the step had issued when it failed: a Connect that
+    /// ended FAILED is disconnected first when it is retried.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    #[schemars(schema_with = "count_schema")]
+    pub calls: u32,
 }
 
 /// A kstatus-style condition.
@@ -60,13 +76,45 @@ pub struct Condition {
     #[serde(rename = "type")]
     pub type_: String,
     /// `True`, `False` or `Unknown`.
-    pub status: String,
+    #[schemars(with = "String")]
+    pub status: ConditionStatus,
     pub reason: String,
     pub message: String,
     /// RFC 3339.
     pub last_transition_time: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+}
+
+impl Condition {
+    pub fn is_true(&self) -> bool {
+        self.status == ConditionStatus::True
+    }
+}
+
+/// The value of a condition, as Kubernetes spells it.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum ConditionStatus {
+    True,
+    False,
+    #[default]
+    Unknown,
+}
+
+impl fmt::Display for ConditionStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::True => "True",
+            Self::False => "False",
+            Self::Unknown => "Unknown",
+        })
+    }
+}
+
+impl ConditionStatus {
+    pub fn from_bool(value: bool) -> Self {
+        if value { Self::True } else { Self::False }
+    }
 }
 
 /// A sequence of steps brought to KMS, recorded so that a crash anywhere
@@ -92,7 +140,7 @@ pub struct Operation {
     /// The proxy location before the update, recorded before it is changed,
     /// to roll back to if the store fails to connect afterwards.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub previous: Option<ObservedProxy>,
+    pub previous: Option<ProxyConfig>,
     /// Outcome in words.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
@@ -114,6 +162,20 @@ pub enum OperationPhase {
     RolledBack,
 }
 
+impl fmt::Display for OperationPhase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Planned => "Planned",
+            Self::Running => "Running",
+            Self::AwaitingApproval => "AwaitingApproval",
+            Self::Succeeded => "Succeeded",
+            Self::Failed => "Failed",
+            Self::RollingBack => "RollingBack",
+            Self::RolledBack => "RolledBack",
+        })
+    }
+}
+
 impl OperationPhase {
     pub fn is_finished(self) -> bool {
         matches!(self, Self::Succeeded | Self::Failed | Self::RolledBack)
@@ -133,7 +195,7 @@ pub struct Step {
     pub message: Option<String>,
     /// How many times its KMS or proxy call was issued.
     #[serde(default, skip_serializing_if = "is_zero")]
-    #[schemars(schema_with = "attempts_schema")]
+    #[schemars(schema_with = "count_schema")]
     pub attempts: u32,
 }
 
@@ -143,7 +205,7 @@ fn is_zero(n: &u32) -> bool {
 
 /// A count as Kubernetes knows it: `format: int32` (schemars would say
 /// `uint32`, which the API server warns about on every apply).
-fn attempts_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+fn count_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({
         "type": "integer",
         "format": "int32",
@@ -186,6 +248,23 @@ pub enum StepName {
     RestorePrevious,
     /// Rollback: connect again at the previous location.
     RollbackConnect,
+}
+
+impl fmt::Display for StepName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Preflight => "Preflight",
+            Self::Create => "Create",
+            Self::Disconnect => "Disconnect",
+            Self::Update => "Update",
+            Self::HealthCheck => "HealthCheck",
+            Self::Connect => "Connect",
+            Self::Delete => "Delete",
+            Self::RollbackDisconnect => "RollbackDisconnect",
+            Self::RestorePrevious => "RestorePrevious",
+            Self::RollbackConnect => "RollbackConnect",
+        })
+    }
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]

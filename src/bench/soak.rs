@@ -286,8 +286,10 @@ impl Soak {
             EngineOptions {
                 // Retries within seconds rather than minutes, so a few
                 // minutes of soak see many of them.
-                backoff_base: Duration::from_millis(200),
-                backoff_max: Duration::from_secs(5),
+                retry: crate::retry::RetryPolicy::scaled(
+                    Duration::from_millis(200),
+                    Duration::from_secs(5),
+                ),
                 ..defaults.engine
             },
         );
@@ -494,8 +496,8 @@ impl Soak {
             return;
         }
         let status = lock(&member.persisted).clone();
-        let (Some(id), Some("CONNECTED")) =
-            (status.key_store_id, status.connection_state.as_deref())
+        let (Some(id), Some(ConnectionState::Connected)) =
+            (status.key_store_id, status.connection_state)
         else {
             return;
         };
@@ -685,7 +687,7 @@ impl Soak {
         let why = status
             .conditions
             .iter()
-            .find(|c| c.status == "True" && c.type_ != "Ready")
+            .find(|c| c.is_true() && c.type_ != "Ready")
             .map(|c| format!("{}: {}", c.reason, c.message))
             .unwrap_or_default();
         self.violation(format!(
@@ -986,7 +988,7 @@ fn failure(status: &ExternalKeyStoreStatus) -> String {
     let reason = status
         .conditions
         .iter()
-        .find(|c| c.type_ == "Stalled" && c.status == "True")
+        .find(|c| c.type_ == "Stalled" && c.is_true())
         .map_or("?", |c| c.reason.as_str());
     format!("{step}: {reason}")
 }

@@ -9,6 +9,7 @@ use super::table::{self, LiveTable};
 use crate::api::{ExternalKeyStore, ExternalKeyStoreStatus, OperationPhase};
 use crate::engine::{Engine, EngineOptions, Outcome, Request};
 use crate::kms::aws::AwsKeyStores;
+use crate::model::ConnectionState;
 use crate::xks::probe::{HttpProxyProbe, ProbeOptions};
 use anyhow::{Context, bail, ensure};
 use std::time::Duration;
@@ -68,8 +69,10 @@ pub async fn run() -> anyhow::Result<()> {
         region,
         EngineOptions {
             poll_interval: Duration::from_millis(100),
-            backoff_base: Duration::from_millis(100),
-            backoff_max: Duration::from_secs(1),
+            retry: crate::retry::RetryPolicy::scaled(
+                Duration::from_millis(100),
+                Duration::from_secs(1),
+            ),
             ..EngineOptions::default()
         },
     );
@@ -117,7 +120,7 @@ pub async fn run() -> anyhow::Result<()> {
     summary(&status);
     let at = status.proxy.as_ref().map(|p| p.uri_endpoint.as_str());
     ensure!(
-        status.connection_state.as_deref() == Some("CONNECTED") && at == Some(REPLICA),
+        status.connection_state == Some(ConnectionState::Connected) && at == Some(REPLICA),
         "expected CONNECTED at {REPLICA}, got {:?} at {at:?}",
         status.connection_state
     );
@@ -197,12 +200,14 @@ fn summary(status: &ExternalKeyStoreStatus) {
     println!(
         "   status: keyStoreId={} state={} endpoint={} Ready={} ({})",
         status.key_store_id.as_deref().unwrap_or("-"),
-        status.connection_state.as_deref().unwrap_or("-"),
+        status
+            .connection_state
+            .map_or_else(|| "-".to_string(), |s| s.to_string()),
         status
             .proxy
             .as_ref()
             .map_or("-", |p| p.uri_endpoint.as_str()),
-        ready.map_or("-", |c| c.status.as_str()),
+        ready.map_or_else(|| "-".to_string(), |c| c.status.to_string()),
         ready.map_or("", |c| c.message.as_str()),
     );
 }

@@ -229,8 +229,10 @@ pub async fn reconcile_command(
             region,
             EngineOptions {
                 poll_interval: Duration::from_millis(500),
-                backoff_base: Duration::from_millis(500),
-                backoff_max: Duration::from_secs(10),
+                retry: crate::retry::RetryPolicy::scaled(
+                    Duration::from_millis(500),
+                    Duration::from_secs(10),
+                ),
                 ..EngineOptions::default()
             },
         );

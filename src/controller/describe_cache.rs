@@ -8,7 +8,9 @@
 //! changes at once, while every other store is still served from the
 //! listing (under load some store mutates every few hundred milliseconds,
 //! and invalidating everything would list about as often as no cache).
-//! Changes made by others show after at most the TTL. A store in
+//! Changes made by others show after at most the TTL; a store missing from
+//! a listing is looked up afresh before anyone concludes it is absent (it
+//! may be younger than the listing). A store in
 //! transition (CONNECTING, DISCONNECTING) is always read afresh, from a
 //! listing that started after the lookup did: lookups that wait on the same
 //! listing share it, so polls of many stores in transition cost one call
@@ -167,7 +169,12 @@ impl<K: KeyStores> KeyStores for DescribeCache<K> {
         {
             listing = self.stores(needed, Some(asked)).await?;
         }
-        Ok(listing.stores.iter().find(|s| s.id == id).cloned())
+        match listing.stores.iter().find(|s| s.id == id) {
+            Some(store) => Ok(Some(store.clone())),
+            // A listing older than the store proves nothing: only KMS,
+            // asked now, says a store is absent.
+            None => self.inner.describe_by_id(id).await,
+        }
     }
 
     async fn describe_by_name(&self, name: &str) -> Result<Option<ObservedStore>, KmsError> {
@@ -198,7 +205,11 @@ impl<K: KeyStores> KeyStores for DescribeCache<K> {
         {
             listing = self.stores(needed.max(listing.epoch), Some(asked)).await?;
         }
-        Ok(listing.stores.iter().find(|s| s.name == name).cloned())
+        match listing.stores.iter().find(|s| s.name == name) {
+            Some(store) => Ok(Some(store.clone())),
+            // As for ids: a miss is confirmed by KMS itself.
+            None => self.inner.describe_by_name(name).await,
+        }
     }
 
     async fn describe_all(&self) -> Result<Vec<ObservedStore>, KmsError> {
@@ -362,7 +373,32 @@ mod tests {
         assert!(results.iter().all(|r| matches!(r, Ok(Some(_)))));
         assert_eq!(cache.inner().describe_all.load(Ordering::SeqCst), 1);
         assert_eq!(cache.inner().describe_one.load(Ordering::SeqCst), 0);
+        // A miss is confirmed by KMS itself, not by the listing.
         assert_eq!(cache.describe_by_id("cks-404").await.ok(), Some(None));
+        assert_eq!(cache.inner().describe_all.load(Ordering::SeqCst), 1);
+        assert_eq!(cache.inner().describe_one.load(Ordering::SeqCst), 1);
+    }
+
+    /// Found in a real cluster: a store created outside the operator, then
+    /// adopted seconds later by id, was "not found" for as long as the
+    /// listing that predated it was served.
+    #[tokio::test]
+    async fn a_store_younger_than_the_listing_is_found_at_once() {
+        let cache = DescribeCache::new(Counting::with(two_stores()), Duration::from_secs(60));
+        assert!(matches!(cache.describe_by_id("cks-1").await, Ok(Some(_))));
+        cache.inner().stores.lock().expect("lock").push(store(
+            "cks-3",
+            "made-elsewhere",
+            ConnectionState::Connected,
+        ));
+        let by_id = cache.describe_by_id("cks-3").await.ok().flatten();
+        assert_eq!(by_id.map(|s| s.name), Some("made-elsewhere".to_string()));
+        let by_name = cache
+            .describe_by_name("made-elsewhere")
+            .await
+            .ok()
+            .flatten();
+        assert_eq!(by_name.map(|s| s.id), Some("cks-3".to_string()));
         assert_eq!(cache.inner().describe_all.load(Ordering::SeqCst), 1);
     }
 

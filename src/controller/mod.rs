@@ -205,8 +205,8 @@ impl Backend for AwsBackend {
 pub struct Settings {
     pub drift_interval: Duration,
     pub describe_cache_ttl: Duration,
-    /// Retry delay after an error that left no status record (API errors).
-    pub error_requeue: Duration,
+    /// The engine's, whose retry policy also paces retries after Kubernetes
+    /// API errors (per object: conflicts, timeouts, 5xx).
     pub engine: EngineOptions,
 }
 
@@ -215,9 +215,26 @@ impl Default for Settings {
         Self {
             drift_interval: Duration::from_secs(300),
             describe_cache_ttl: Duration::from_secs(10),
-            error_requeue: Duration::from_secs(30),
             engine: EngineOptions::default(),
         }
+    }
+}
+
+/// Kubernetes API errors in a row, per object, for the retry policy.
+#[derive(Default)]
+pub struct ApiFailures(Mutex<HashMap<String, u32>>);
+
+impl ApiFailures {
+    /// One more failure of `key`; returns how many in a row.
+    pub fn record(&self, key: &str) -> u32 {
+        let mut failures = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = failures.entry(key.to_string()).or_insert(0);
+        *n = n.saturating_add(1);
+        *n
+    }
+
+    pub fn clear(&self, key: &str) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
     }
 }
 
@@ -236,6 +253,8 @@ pub struct Context<B: Backend> {
     pub statuses: status::StatusMemory,
     /// Every watched resource, for the claim rule.
     pub cache: ResourceCache,
+    /// Kubernetes API errors in a row per resource.
+    pub api_failures: ApiFailures,
     engines: tokio::sync::Mutex<HashMap<String, Arc<RegionEngine<B>>>>,
 }
 
@@ -253,6 +272,7 @@ impl<B: Backend> Context<B> {
             settings,
             statuses: status::StatusMemory::default(),
             cache: ResourceCache::default(),
+            api_failures: ApiFailures::default(),
             engines: tokio::sync::Mutex::default(),
         }
     }
@@ -515,8 +535,8 @@ fn stores_by_state(cache: &ResourceCache) -> BTreeMap<String, u64> {
         let state = s
             .status
             .as_ref()
-            .and_then(|st| st.connection_state.clone())
-            .unwrap_or_else(|| "Unknown".to_string());
+            .and_then(|st| st.connection_state)
+            .map_or_else(|| "Unknown".to_string(), |state| state.to_string());
         *counts.entry(state).or_insert(0) += 1;
     }
     counts

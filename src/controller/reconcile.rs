@@ -52,6 +52,15 @@ pub async fn reconcile<B: Backend>(
     obj: Arc<ExternalKeyStore>,
     ctx: Arc<Context<B>>,
 ) -> Result<Action, Error> {
+    let action = reconcile_once(&obj, &ctx).await?;
+    ctx.api_failures.clear(&failure_key(&obj));
+    Ok(action)
+}
+
+async fn reconcile_once<B: Backend>(
+    obj: &Arc<ExternalKeyStore>,
+    ctx: &Arc<Context<B>>,
+) -> Result<Action, Error> {
     ctx.metrics.reconcile_started();
     let (Some(namespace), Some(name)) = (obj.metadata.namespace.clone(), obj.metadata.name.clone())
     else {
@@ -62,7 +71,7 @@ pub async fn reconcile<B: Backend>(
     let recorded = ctx.statuses.get(&uid).or_else(|| obj.status.clone());
     let mut sink = StatusWriter::new(
         api.clone(),
-        &obj,
+        obj,
         recorded.clone(),
         &ctx.recorder,
         &ctx.metrics,
@@ -100,7 +109,7 @@ pub async fn reconcile<B: Backend>(
     }
     if deleting && obj.spec.deletion_policy == DeletionPolicy::Retain {
         // Retain leaves the store as it is: no need to even look at it.
-        remove_finalizer(&api, &obj, sink.resource_version()).await?;
+        remove_finalizer(&api, obj, sink.resource_version()).await?;
         ctx.statuses.forget(&uid);
         sink.event(
             EventType::Normal,
@@ -167,7 +176,7 @@ pub async fn reconcile<B: Backend>(
             .is_some_and(|v| v.trim() == g.to_string())
     });
     let request = Request {
-        resource: &obj,
+        resource: obj,
         credential,
         approved,
         deleting,
@@ -178,10 +187,10 @@ pub async fn reconcile<B: Backend>(
     let outcome = engine.reconcile(&request, &mut status, &mut sink).await?;
     tracing::debug!(%namespace, %name, %region, ?outcome, "reconciled");
 
-    let drift = drift_interval(&obj, ctx.settings.drift_interval);
+    let drift = drift_interval(obj, ctx.settings.drift_interval);
     Ok(match outcome {
         Outcome::Released if deleting => {
-            remove_finalizer(&api, &obj, sink.resource_version()).await?;
+            remove_finalizer(&api, obj, sink.resource_version()).await?;
             ctx.statuses.forget(&uid);
             sink.event(
                 EventType::Normal,
@@ -195,7 +204,7 @@ pub async fn reconcile<B: Backend>(
         }
         Outcome::Claimed if deleting => {
             // Not the holder: the store is someone else's, leave it be.
-            remove_finalizer(&api, &obj, sink.resource_version()).await?;
+            remove_finalizer(&api, obj, sink.resource_version()).await?;
             ctx.statuses.forget(&uid);
             let held =
                 conditions::get(&status, STALLED).map_or_else(String::new, |c| c.message.clone());
@@ -225,22 +234,36 @@ pub async fn reconcile<B: Backend>(
     })
 }
 
-/// After an error the controller retries later; the error is logged here
-/// (it never holds a secret: messages name Secrets and keys, not values).
+/// After an error the controller retries later, backing off per object as
+/// the retry policy says (Kubernetes API errors pass: a conflict, a
+/// timeout, a restarting API server). The error is logged here (it never
+/// holds a secret: messages name Secrets and keys, not values).
 pub fn error_policy<B: Backend>(
     obj: Arc<ExternalKeyStore>,
     error: &Error,
     ctx: Arc<Context<B>>,
 ) -> Action {
     ctx.metrics.failed(error.reason());
+    let attempts = ctx.api_failures.record(&failure_key(&obj));
+    let delay = ctx.settings.engine.retry.delay(attempts, false);
     tracing::warn!(
         namespace = obj.namespace().unwrap_or_default(),
         name = obj.name_any(),
         reason = error.reason(),
+        attempts,
+        retry_in = ?delay,
         %error,
         "reconcile failed; will retry"
     );
-    Action::requeue(jitter(ctx.settings.error_requeue))
+    Action::requeue(delay)
+}
+
+/// The key of an object's failure count: its uid, else namespace/name.
+fn failure_key(obj: &ExternalKeyStore) -> String {
+    obj.metadata
+        .uid
+        .clone()
+        .unwrap_or_else(|| format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any()))
 }
 
 /// `spec.driftInterval` when set and valid, else the operator's default.

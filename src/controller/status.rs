@@ -163,7 +163,7 @@ impl<'a> StatusWriter<'a> {
                         step_failed = true;
                         self.record_duration(step);
                         let reason = conditions::get(new, STALLED)
-                            .filter(|c| c.status == "True")
+                            .filter(|c| c.is_true())
                             .map_or("StepFailed", |c| c.reason.as_str());
                         self.event(
                             EventType::Warning,
@@ -198,10 +198,10 @@ impl<'a> StatusWriter<'a> {
         }
         // A stall that no failed step explains (invalid spec, bad Secret, a
         // store KMS refuses to manage...): say it once, when it begins.
-        let stalled = conditions::get(new, STALLED).filter(|c| c.status == "True");
+        let stalled = conditions::get(new, STALLED).filter(|c| c.is_true());
         let stalled_before = old
             .and_then(|o| conditions::get(o, STALLED))
-            .filter(|c| c.status == "True");
+            .filter(|c| c.is_true());
         if let Some(c) = stalled
             && !step_failed
             // The reason, not the message: the same stall is reworded

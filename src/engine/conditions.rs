@@ -1,6 +1,6 @@
 //! kstatus conditions: `Ready`, `Reconciling`, `Stalled`.
 
-use crate::api::{Condition, ExternalKeyStoreStatus};
+use crate::api::{Condition, ConditionStatus, ExternalKeyStoreStatus};
 
 pub const READY: &str = "Ready";
 pub const RECONCILING: &str = "Reconciling";
@@ -29,10 +29,10 @@ pub fn set(
     now: &str,
 ) {
     let (ready, reconciling, stalled) = match summary {
-        Summary::Ready => ("True", "False", "False"),
-        Summary::Progressing => ("False", "True", "False"),
-        Summary::Stalled => ("False", "False", "True"),
-        Summary::Waiting => ("False", "False", "False"),
+        Summary::Ready => (true, false, false),
+        Summary::Progressing => (false, true, false),
+        Summary::Stalled => (false, false, true),
+        Summary::Waiting => (false, false, false),
     };
     upsert(status, READY, ready, reason, message, generation, now);
     upsert(
@@ -50,13 +50,14 @@ pub fn set(
 fn upsert(
     status: &mut ExternalKeyStoreStatus,
     type_: &str,
-    value: &str,
+    value: bool,
     reason: &str,
     message: &str,
     generation: Option<i64>,
     now: &str,
 ) {
-    let (reason, message) = if value == "True" || type_ == READY {
+    let value = ConditionStatus::from_bool(value);
+    let (reason, message) = if value == ConditionStatus::True || type_ == READY {
         (reason, message)
     } else {
         ("", "")
@@ -67,14 +68,14 @@ fn upsert(
             if c.status != value {
                 c.last_transition_time = now.to_string();
             }
-            c.status = value.to_string();
+            c.status = value;
             c.reason = reason.to_string();
             c.message = message.to_string();
             c.observed_generation = generation;
         }
         None => status.conditions.push(Condition {
             type_: type_.to_string(),
-            status: value.to_string(),
+            status: value,
             reason: reason.to_string(),
             message: message.to_string(),
             last_transition_time: now.to_string(),
@@ -88,7 +89,7 @@ pub fn get<'a>(status: &'a ExternalKeyStoreStatus, type_: &str) -> Option<&'a Co
 }
 
 pub fn is_true(status: &ExternalKeyStoreStatus, type_: &str) -> bool {
-    get(status, type_).is_some_and(|c| c.status == "True")
+    get(status, type_).is_some_and(|c| c.is_true())
 }
 
 #[cfg(test)]

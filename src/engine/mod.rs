@@ -2,28 +2,37 @@
 //! recorded operation one step at a time through the `KeyStores` and
 //! `ProxyProbe` ports, writing status before and after every step.
 //!
+//! `Engine::reconcile` is a short driver: guards → observe → decide →
+//! dispatch. Decisions live in the pure planner (`plan`: what to do, which
+//! step is next, whether to roll back), the claim rule (`claims`) and the
+//! retry policy (`retry`); the engine does the I/O between them.
+//!
 //! It never sleeps waiting for KMS: a step that waits (DISCONNECTING,
-//! CONNECTING) records where it is and returns [`Outcome::Requeue`]. Every
-//! side effect is preceded by a status write that says it is about to happen,
-//! so a crash at any point resumes from what KMS reports plus what status
-//! recorded (see `steps` for how each step recognises it already ran).
+//! CONNECTING) or backs off records where it is and returns
+//! [`Outcome::Requeue`]. Every side effect is preceded by a status write
+//! that says it is about to happen, so a crash at any point resumes from
+//! what KMS reports plus what status recorded (see `steps` for how each
+//! step recognises it already ran).
 
 pub mod conditions;
+mod pass;
 pub mod remediation;
 mod steps;
 
 use crate::api::{
-    DisruptiveUpdates, ExternalKeyStore, ExternalKeyStoreStatus, ManagementPolicy, ObservedProxy,
-    Operation, OperationPhase, Step, StepName, StepState,
+    DesiredConnectionState, DisruptiveUpdates, ExternalKeyStore, ExternalKeyStoreStatus,
+    ManagementPolicy, OperationPhase, Step, StepState,
 };
 use crate::claims::{self, Claimant, Claimed, Scope};
 use crate::credentials::{self, CredentialError};
 use crate::error::ErrorCategory;
 use crate::kms::{KeyStores, KmsError};
-use crate::model::{ObservedStore, ProxyConfig, ProxyCredential};
-use crate::plan::{self, Decision, Desired};
+use crate::model::{ConnectionState, ObservedStore, ProxyConfig, ProxyCredential};
+use crate::plan::{self, Decision, Desired, Gate, Next};
+use crate::retry::{RetryPolicy, Situation, Verdict};
 use crate::xks::ProxyProbe;
 use conditions::Summary;
+use pass::{Conclusion, Pass};
 use std::future::Future;
 use std::time::Duration;
 
@@ -34,12 +43,8 @@ pub use steps::StepError;
 pub struct EngineOptions {
     /// How soon to look again while KMS is CONNECTING or DISCONNECTING.
     pub poll_interval: Duration,
-    /// First retry delay after a retryable error; doubles per attempt.
-    pub backoff_base: Duration,
-    pub backoff_max: Duration,
-    /// Proxy errors that may be transient (unreachable, unhealthy) are
-    /// retried this many times before the step fails.
-    pub max_proxy_attempts: u32,
+    /// When and how often failures that can pass by themselves are retried.
+    pub retry: RetryPolicy,
     /// Key of the credential fingerprint HMAC.
     pub fingerprint_key: Vec<u8>,
 }
@@ -53,9 +58,7 @@ impl Default for EngineOptions {
             // the polls of every store in transition from shared listings,
             // so polling faster does not cost a call per store.
             poll_interval: Duration::from_millis(500),
-            backoff_base: Duration::from_secs(2),
-            backoff_max: Duration::from_secs(300),
-            max_proxy_attempts: 3,
+            retry: RetryPolicy::default(),
             fingerprint_key: b"xks-operator/credential-fingerprint/v1".to_vec(),
         }
     }
@@ -144,6 +147,22 @@ pub struct Engine<K, P> {
     pub clock: Box<dyn Clock>,
 }
 
+/// What the guards let through: the pass may look at KMS.
+struct Admitted {
+    me: Claimant,
+    desired: Desired,
+    credential: ProxyCredential,
+}
+
+/// A failure on its way to the retry policy.
+struct Failure<'a> {
+    step: Option<crate::api::StepName>,
+    error: &'a StepError,
+    situation: Situation,
+    /// The step's calls so far (see `RetryStatus::calls`).
+    calls: u32,
+}
+
 impl<K: KeyStores, P: ProxyProbe> Engine<K, P> {
     pub fn new(kms: K, probe: P, region: impl Into<String>, options: EngineOptions) -> Self {
         Self {
@@ -163,32 +182,55 @@ impl<K: KeyStores, P: ProxyProbe> Engine<K, P> {
         status: &mut ExternalKeyStoreStatus,
         sink: &mut S,
     ) -> Result<Outcome, EngineError> {
-        let res = req.resource;
-        let generation = res.metadata.generation;
-        let now = self.clock.now();
+        let mut pass = Pass::new(
+            status,
+            sink,
+            req.resource.metadata.generation,
+            self.clock.as_ref(),
+        );
+        let admitted = match self.guard(req, pass.status) {
+            Ok(admitted) => admitted,
+            Err(end) => return pass.conclude(end).await,
+        };
+        let observed = match self.observe(req, &admitted, &mut pass).await {
+            Ok(observed) => observed,
+            Err(end) => return pass.conclude(end).await,
+        };
+        let decision = plan::decide(&plan::PlanInput {
+            desired: &admitted.desired,
+            observed: observed.as_ref(),
+            applied_fingerprint: pass.status.credential_fingerprint.as_deref(),
+            recorded: pass.status.operation.as_ref(),
+            deleting: req.deleting,
+        });
+        self.dispatch(req, &admitted, observed, decision, &mut pass)
+            .await
+    }
 
+    /// Everything that ends a pass before KMS is called: suspension, a
+    /// store another resource holds, an invalid spec, an unreadable Secret.
+    fn guard(
+        &self,
+        req: &Request<'_>,
+        status: &mut ExternalKeyStoreStatus,
+    ) -> Result<Admitted, Conclusion> {
+        let res = req.resource;
         // Suspend wins even over deletion: it is how a person stops the
         // operator from touching KMS, e.g. during an incident. A deleted
         // resource with deletionPolicy Delete waits until it is resumed.
         if res.spec.suspend {
-            status.observed_generation = generation;
-            conditions::set(
-                status,
+            return Err(Conclusion::new(
                 Summary::Waiting,
                 "Suspended",
                 "spec.suspend is true: the operator makes no AWS call",
-                generation,
-                &now,
-            );
-            sink.write(status).await?;
-            return Ok(Outcome::Suspended);
+                Outcome::Suspended,
+            ));
         }
-
         if let Some(requested) = &req.requested_at
             && status.last_handled_reconcile_at.as_ref() != Some(requested)
         {
             // A requested reconcile retries a change that ended Failed or
-            // RolledBack: forget the target so the planner starts afresh.
+            // RolledBack, and a retry now rather than at its due time.
             if let Some(op) = status.operation.as_mut()
                 && matches!(
                     op.phase,
@@ -197,29 +239,22 @@ impl<K: KeyStores, P: ProxyProbe> Engine<K, P> {
             {
                 op.target.clear();
             }
+            status.retry = None;
             status.last_handled_reconcile_at = Some(requested.clone());
         }
-
-        // Before any KMS call: a store another resource holds is not ours.
         let me = self.claimant(res, status);
         if let Some(claimed) = claims::yields_to(&me, &req.rivals) {
-            return self.yield_to(status, sink, &claimed, generation).await;
+            return Err(yielding(&claimed));
         }
-
         // An invalid spec must not keep a deleted resource Terminating:
         // deletion only needs the store the status recorded.
         if !req.deleting
             && let Err(problem) = crate::api::validate::validate_spec(&res.spec)
         {
-            return self
-                .stall(
-                    status,
-                    sink,
-                    ErrorCategory::InvalidSpec,
-                    &problem,
-                    generation,
-                )
-                .await;
+            return Err(Conclusion::stalled(
+                ErrorCategory::InvalidSpec.reason(),
+                problem,
+            ));
         }
         let credential = match &req.credential {
             Ok(c) => c.clone(),
@@ -234,143 +269,148 @@ impl<K: KeyStores, P: ProxyProbe> Engine<K, P> {
                 "",
             ),
             Err(e) => {
-                return self
-                    .stall(
-                        status,
-                        sink,
-                        ErrorCategory::CredentialSecret,
-                        &e.to_string(),
-                        generation,
-                    )
-                    .await;
+                return Err(Conclusion::stalled(
+                    ErrorCategory::CredentialSecret.reason(),
+                    e.to_string(),
+                ));
             }
         };
         let desired = desired_state(res, &credential, &self.options.fingerprint_key);
+        Ok(Admitted {
+            me,
+            desired,
+            credential,
+        })
+    }
 
-        let observed = match observe(&self.kms, res, status).await {
-            Ok(o) => o,
-            Err(e) => return self.kms_trouble(status, sink, &e, generation).await,
+    /// Describe the store and record what KMS reports, unless another
+    /// resource holds the store found (checked before it is recorded).
+    async fn observe<S: StatusSink>(
+        &self,
+        req: &Request<'_>,
+        admitted: &Admitted,
+        pass: &mut Pass<'_, S>,
+    ) -> Result<Option<ObservedStore>, Conclusion> {
+        let observed = match observe(&self.kms, req.resource, pass.status).await {
+            Ok(observed) => observed,
+            Err(e) => {
+                let error = StepError::from_kms(&e, "describing the store");
+                let situation = self.situation(pass.status, &admitted.desired);
+                return Err(self.failed(
+                    pass,
+                    Failure {
+                        step: None,
+                        error: &error,
+                        situation,
+                        calls: 0,
+                    },
+                ));
+            }
         };
-        // The store found by name may be one another resource records by
-        // id: checked before this resource records it as its own.
         if let Some(store) = &observed
-            && let Some(claimed) =
-                claims::yields_to(&me.having_observed(&store.id, &store.name), &req.rivals)
+            && let Some(claimed) = claims::yields_to(
+                &admitted.me.having_observed(&store.id, &store.name),
+                &req.rivals,
+            )
         {
-            return self.yield_to(status, sink, &claimed, generation).await;
+            return Err(yielding(&claimed));
         }
-        record_observation(status, observed.as_ref());
-        status.observed_generation = generation;
+        record_observation(pass.status, observed.as_ref());
+        pass.status.observed_generation = pass.generation;
+        Ok(observed)
+    }
 
-        let decision = plan::decide(&plan::PlanInput {
-            desired: &desired,
-            observed: observed.as_ref(),
-            applied_fingerprint: status.credential_fingerprint.as_deref(),
-            recorded: status.operation.as_ref(),
-            deleting: req.deleting,
-        });
-
+    /// Act on the planner's decision.
+    async fn dispatch<S: StatusSink>(
+        &self,
+        req: &Request<'_>,
+        admitted: &Admitted,
+        observed: Option<ObservedStore>,
+        decision: Decision,
+        pass: &mut Pass<'_, S>,
+    ) -> Result<Outcome, EngineError> {
+        let observe_only = req.resource.spec.management_policy == ManagementPolicy::ObserveOnly;
         match decision {
             Decision::InSync => {
+                pass.clear_retry();
                 let (reason, message) = in_sync_words(observed.as_ref());
-                conditions::set(status, Summary::Ready, reason, &message, generation, &now);
-                sink.write(status).await?;
-                Ok(Outcome::InSync)
+                pass.conclude(Conclusion::new(
+                    Summary::Ready,
+                    reason,
+                    message,
+                    Outcome::InSync,
+                ))
+                .await
             }
             Decision::Release => Ok(Outcome::Released),
             Decision::Refuse { category, message } => {
-                self.stall(status, sink, category, &message, generation)
-                    .await
+                let error = StepError::new(category, message);
+                let situation = Situation {
+                    pinned_store_missing: category == ErrorCategory::NotFound
+                        && admitted.desired.pinned_id.is_some(),
+                    ..self.situation(pass.status, &admitted.desired)
+                };
+                let end = self.failed(
+                    pass,
+                    Failure {
+                        step: None,
+                        error: &error,
+                        situation,
+                        calls: 0,
+                    },
+                );
+                pass.conclude(end).await
             }
             Decision::Blocked { message } => {
                 // Keep the reason the change failed with, so it stays visible.
-                let reason = conditions::get(status, conditions::STALLED)
-                    .filter(|c| c.status == "True")
+                let reason = conditions::get(pass.status, conditions::STALLED)
+                    .filter(|c| c.is_true())
                     .map_or_else(|| "Blocked".to_string(), |c| c.reason.clone());
-                self.stall_with(status, sink, &reason, &message, generation)
-                    .await
+                pass.conclude(Conclusion::stalled(reason, message)).await
             }
             Decision::Start(new) => {
-                let observe_only = res.spec.management_policy == ManagementPolicy::ObserveOnly;
-                let op =
-                    self.new_operation(new, &desired, observed.as_ref(), generation, observe_only);
+                let now = pass.now();
+                let previous = observed.as_ref().and_then(|s| s.proxy.clone());
+                let op = plan::operation(
+                    new,
+                    admitted.desired.proxy_checks,
+                    observe_only,
+                    pass.generation,
+                    &now,
+                    previous,
+                );
                 let planned = describe_steps(&op.steps);
-                status.operation = Some(op);
+                let trigger = op.trigger.clone();
+                pass.status.operation = Some(op);
+                pass.clear_retry();
                 if observe_only {
-                    conditions::set(
-                        status,
-                        Summary::Waiting,
-                        "DriftDetected",
-                        &format!(
-                            "managementPolicy is ObserveOnly: would run {planned}; nothing was changed"
-                        ),
-                        generation,
-                        &now,
-                    );
-                    sink.write(status).await?;
-                    return Ok(Outcome::Observed);
+                    return pass
+                        .conclude(Conclusion::new(
+                            Summary::Waiting,
+                            "DriftDetected",
+                            format!(
+                                "managementPolicy is ObserveOnly: would run {planned}; nothing was changed"
+                            ),
+                            Outcome::Observed,
+                        ))
+                        .await;
                 }
-                let trigger = current_trigger(status);
-                conditions::set(
-                    status,
+                pass.set_conditions(
                     Summary::Progressing,
                     "OperationStarted",
                     &format!("{trigger}: {planned}"),
-                    generation,
-                    &now,
                 );
-                sink.write(status).await?;
-                self.run(req, &desired, &credential, observed, status, sink)
-                    .await
+                pass.write().await?;
+                self.run(req, admitted, observed, pass).await
             }
             Decision::Continue => {
-                if res.spec.management_policy == ManagementPolicy::ObserveOnly {
+                if observe_only {
                     // The policy changed mid-way: stop changing things.
-                    sink.write(status).await?;
+                    pass.write().await?;
                     return Ok(Outcome::Observed);
                 }
-                self.run(req, &desired, &credential, observed, status, sink)
-                    .await
+                self.run(req, admitted, observed, pass).await
             }
-        }
-    }
-
-    fn new_operation(
-        &self,
-        new: plan::NewOperation,
-        desired: &Desired,
-        observed: Option<&ObservedStore>,
-        generation: Option<i64>,
-        observe_only: bool,
-    ) -> Operation {
-        let mut steps: Vec<Step> = new.steps.into_iter().map(Step::pending).collect();
-        if desired.proxy_checks == crate::api::ProxyChecks::KmsOnly {
-            for step in steps
-                .iter_mut()
-                .filter(|s| matches!(s.name, StepName::Preflight | StepName::HealthCheck))
-            {
-                step.state = StepState::Skipped;
-                step.message = Some(
-                    "skipped: proxyChecks is KmsOnly, so the operator does not call the proxy itself; KMS health-checks the new values on update and connect".into(),
-                );
-            }
-        }
-        Operation {
-            trigger: new.trigger,
-            phase: if observe_only {
-                OperationPhase::Planned
-            } else {
-                OperationPhase::Running
-            },
-            disruptive: new.disruptive,
-            target: new.target,
-            generation,
-            started_at: self.clock.now(),
-            finished_at: None,
-            steps,
-            // Recorded before anything changes: what to roll back to.
-            previous: observed.and_then(|s| s.proxy.as_ref()).map(observed_proxy),
-            message: None,
         }
     }
 
@@ -382,239 +422,187 @@ impl<K: KeyStores, P: ProxyProbe> Engine<K, P> {
     async fn run<S: StatusSink>(
         &self,
         req: &Request<'_>,
-        desired: &Desired,
-        credential: &ProxyCredential,
+        admitted: &Admitted,
         observed: Option<ObservedStore>,
-        status: &mut ExternalKeyStoreStatus,
-        sink: &mut S,
+        pass: &mut Pass<'_, S>,
     ) -> Result<Outcome, EngineError> {
-        let generation = req.resource.metadata.generation;
+        let gate = Gate {
+            require_approval: req.resource.spec.disruptive_updates
+                == DisruptiveUpdates::RequireApproval,
+            approved: req.approved,
+            deleting: req.deleting,
+        };
         let mut just_observed = Some(observed);
         loop {
-            let Some(op) = status.operation.as_mut() else {
+            let Some(op) = pass.status.operation.as_mut() else {
                 return Ok(Outcome::InSync);
             };
-            // A Failed step stays failed: during a rollback the steps after
-            // it run, and the failed one is history.
-            let Some(index) = op
-                .steps
-                .iter()
-                .position(|s| matches!(s.state, StepState::Pending | StepState::Running))
-            else {
-                return self.finish(status, sink, generation).await;
+            let index = match plan::next(op, gate) {
+                Next::Finish => return self.finish(pass).await,
+                Next::AwaitApproval => {
+                    let name = req.resource.metadata.name.clone().unwrap_or_default();
+                    let message = format!(
+                        "{} needs the store disconnected: {}. Approve with: kubectl annotate externalkeystore {name} {}={} --overwrite",
+                        op.trigger,
+                        describe_steps(&op.steps),
+                        crate::api::APPROVE_ANNOTATION,
+                        pass.generation.unwrap_or_default()
+                    );
+                    op.phase = OperationPhase::AwaitingApproval;
+                    op.message = Some(message.clone());
+                    return pass
+                        .conclude(Conclusion::new(
+                            Summary::Waiting,
+                            "AwaitingApproval",
+                            message,
+                            Outcome::AwaitingApproval,
+                        ))
+                        .await;
+                }
+                Next::Run(index) => index,
             };
-            let step_name = op.steps[index].name;
-
-            if step_name == StepName::Disconnect
-                && op.disruptive
-                && !req.deleting
-                && req.resource.spec.disruptive_updates == DisruptiveUpdates::RequireApproval
-                && !req.approved
-                && op.steps[index].state == StepState::Pending
-            {
-                op.phase = OperationPhase::AwaitingApproval;
-                let name = req.resource.metadata.name.clone().unwrap_or_default();
-                let message = format!(
-                    "{} needs the store disconnected: {}. Approve with: kubectl annotate externalkeystore {name} {}={} --overwrite",
-                    op.trigger,
-                    describe_steps(&op.steps),
-                    crate::api::APPROVE_ANNOTATION,
-                    generation.unwrap_or_default()
-                );
-                op.message = Some(message.clone());
-                let now = self.clock.now();
-                conditions::set(
-                    status,
-                    Summary::Waiting,
-                    "AwaitingApproval",
-                    &message,
-                    generation,
-                    &now,
-                );
-                sink.write(status).await?;
-                return Ok(Outcome::AwaitingApproval);
-            }
             if op.phase == OperationPhase::AwaitingApproval {
                 op.phase = OperationPhase::Running;
                 op.message = None;
             }
-
-            let observation = just_observed.take();
-            let result =
-                steps::run_step(self, index, desired, credential, observation, status, sink)
-                    .await?;
-            let now = self.clock.now();
+            let step_name = op.steps[index].name;
+            let calls_before = op.steps[index].attempts;
+            let retrying = pass
+                .status
+                .retry
+                .as_ref()
+                .filter(|r| r.step == Some(step_name))
+                .map(|r| r.calls);
+            let result = steps::run_step(
+                self,
+                steps::StepContext {
+                    index,
+                    desired: &admitted.desired,
+                    credential: &admitted.credential,
+                    just_observed: just_observed.take(),
+                    retried_after_calls: retrying,
+                },
+                pass,
+            )
+            .await?;
             match result {
                 steps::StepResult::Done(message) => {
-                    mark(status, index, StepState::Succeeded, Some(message), &now);
-                    sink.write(status).await?;
+                    pass.mark(index, StepState::Succeeded, Some(message));
+                    pass.clear_retry();
+                    pass.write().await?;
                 }
                 steps::StepResult::Wait(message) => {
-                    mark(
-                        status,
-                        index,
-                        StepState::Running,
-                        Some(message.clone()),
-                        &now,
-                    );
-                    let trigger = current_trigger(status);
-                    conditions::set(
-                        status,
+                    pass.mark(index, StepState::Running, Some(message.clone()));
+                    let trigger = current_trigger(pass.status);
+                    pass.set_conditions(
                         Summary::Progressing,
                         "Waiting",
-                        &format!("{trigger}: {step_name:?}: {message}"),
-                        generation,
-                        &now,
+                        &format!("{trigger}: {step_name}: {message}"),
                     );
-                    sink.write(status).await?;
+                    pass.write().await?;
                     return Ok(Outcome::Requeue(self.options.poll_interval));
                 }
-                steps::StepResult::Retry(err) => {
-                    let attempts = status
+                steps::StepResult::Failed(error) => {
+                    let calls = pass
+                        .status
                         .operation
                         .as_ref()
-                        .map_or(1, |o| o.steps[index].attempts);
-                    mark(
-                        status,
-                        index,
-                        StepState::Running,
-                        Some(err.message.clone()),
-                        &now,
-                    );
-                    conditions::set(
-                        status,
-                        Summary::Progressing,
-                        &err.reason(),
-                        &format!("{step_name:?} will be retried: {}", err.message),
-                        generation,
-                        &now,
-                    );
-                    sink.write(status).await?;
-                    return Ok(Outcome::Requeue(self.backoff(attempts)));
-                }
-                steps::StepResult::Fail(err) => {
-                    mark(
-                        status,
-                        index,
-                        StepState::Failed,
-                        Some(err.message.clone()),
-                        &now,
-                    );
-                    if self.start_rollback(req, status, step_name, &err) {
-                        sink.write(status).await?;
-                        continue;
+                        .and_then(|o| o.steps.get(index))
+                        .map_or(calls_before, |s| s.attempts);
+                    let situation = Situation {
+                        // Only a failure of the new proxy is undone by
+                        // going back to the old one; KMS's own errors are
+                        // retried where they are.
+                        rollback_available: error.implicates_the_proxy()
+                            && pass.status.operation.as_ref().is_some_and(|op| {
+                                plan::rollback_applies(
+                                    op,
+                                    pass.status.proxy.as_ref(),
+                                    step_name,
+                                    req.resource.spec.rollback,
+                                    req.deleting,
+                                )
+                            }),
+                        ..self.situation(pass.status, &admitted.desired)
+                    };
+                    let attempts = pass.failures(Some(step_name)) + 1;
+                    match self
+                        .options
+                        .retry
+                        .decide(error.class(), attempts, situation)
+                    {
+                        Verdict::RetryAfter(delay) => {
+                            pass.mark(index, StepState::Running, Some(error.message.clone()));
+                            let end = self.retrying(
+                                pass,
+                                Failure {
+                                    step: Some(step_name),
+                                    error: &error,
+                                    situation,
+                                    calls,
+                                },
+                                delay,
+                            );
+                            return pass.conclude(end).await;
+                        }
+                        Verdict::GiveUp => {
+                            pass.mark(index, StepState::Failed, Some(error.message.clone()));
+                            pass.clear_retry();
+                            if let Some(rolled) = pass.status.operation.as_ref().and_then(|op| {
+                                plan::rollback(
+                                    op,
+                                    pass.status.proxy.as_ref(),
+                                    step_name,
+                                    &error.message,
+                                    req.resource.spec.rollback,
+                                    req.deleting,
+                                )
+                            }) {
+                                pass.status.operation = Some(rolled);
+                                pass.write().await?;
+                                continue;
+                            }
+                            return self.fail_operation(pass, step_name, &error).await;
+                        }
                     }
-                    let Some(op) = status.operation.as_mut() else {
-                        return Ok(Outcome::Stalled);
-                    };
-                    let rolling_back = op.phase == OperationPhase::RollingBack;
-                    op.phase = OperationPhase::Failed;
-                    op.finished_at = Some(now.clone());
-                    let message = if rolling_back {
-                        format!(
-                            "{}; the rollback failed too at {step_name:?}: {}",
-                            op.message.clone().unwrap_or_default(),
-                            err.message
-                        )
-                    } else {
-                        format!("{step_name:?} failed: {}", err.message)
-                    };
-                    op.message = Some(message.clone());
-                    conditions::set(
-                        status,
-                        Summary::Stalled,
-                        &err.reason(),
-                        &message,
-                        generation,
-                        &now,
-                    );
-                    sink.write(status).await?;
-                    return Ok(Outcome::Stalled);
                 }
             }
         }
     }
 
-    /// After the health check or Connect fails following an update of the
-    /// proxy location, put the previous location back and reconnect (unless
-    /// disabled): the store is disconnected, and stopping there would leave
-    /// its keys unusable until a person acts.
-    fn start_rollback(
+    /// The operation stops: a person must act.
+    async fn fail_operation<S: StatusSink>(
         &self,
-        req: &Request<'_>,
-        status: &mut ExternalKeyStoreStatus,
-        failed: StepName,
-        err: &StepError,
-    ) -> bool {
-        if !matches!(failed, StepName::HealthCheck | StepName::Connect)
-            || req.deleting
-            || status
-                .operation
-                .as_ref()
-                .is_some_and(|o| o.phase == OperationPhase::RollingBack)
-            || req.resource.spec.rollback != crate::api::RollbackPolicy::Automatic
-        {
-            return false;
-        }
-        let current = status.proxy.clone();
-        let Some(op) = status.operation.as_mut() else {
-            return false;
+        pass: &mut Pass<'_, S>,
+        step: crate::api::StepName,
+        error: &StepError,
+    ) -> Result<Outcome, EngineError> {
+        let now = pass.now();
+        let Some(op) = pass.status.operation.as_mut() else {
+            return Ok(Outcome::Stalled);
         };
-        let updated = op
-            .steps
-            .iter()
-            .any(|s| s.name == StepName::Update && s.state == StepState::Succeeded);
-        let Some(previous) = op.previous.as_ref() else {
-            return false;
+        let message = if op.phase == OperationPhase::RollingBack {
+            format!(
+                "{}; the rollback failed too at {step}: {}",
+                op.message.clone().unwrap_or_default(),
+                error.message
+            )
+        } else {
+            format!("{step} failed: {}", error.message)
         };
-        let location_changed = current.as_ref().is_some_and(|c| {
-            c.uri_endpoint != previous.uri_endpoint
-                || c.uri_path != previous.uri_path
-                || c.connectivity != previous.connectivity
-                || c.vpc_endpoint_service_name != previous.vpc_endpoint_service_name
-                || c.vpc_endpoint_service_owner != previous.vpc_endpoint_service_owner
-        });
-        if !updated || !location_changed {
-            return false;
-        }
-        op.phase = OperationPhase::RollingBack;
-        // The rest of the plan (Connect, after a failed health check) would
-        // go to the proxy that just failed: the rollback replaces it.
-        for step in op
-            .steps
-            .iter_mut()
-            .filter(|s| s.state == StepState::Pending)
-        {
-            step.state = StepState::Skipped;
-            step.message = Some(format!("skipped: {failed:?} failed, rolling back"));
-        }
-        op.message = Some(format!(
-            "{failed:?} failed after the update: {}; rolling back to {}{}",
-            err.message, previous.uri_endpoint, previous.uri_path
-        ));
-        op.steps.extend(
-            [
-                StepName::RollbackDisconnect,
-                StepName::RestorePrevious,
-                StepName::RollbackConnect,
-            ]
-            .into_iter()
-            .map(Step::pending),
-        );
-        true
+        op.phase = OperationPhase::Failed;
+        op.finished_at = Some(now);
+        op.message = Some(message.clone());
+        pass.conclude(Conclusion::stalled(error.reason(), message))
+            .await
     }
 
-    async fn finish<S: StatusSink>(
-        &self,
-        status: &mut ExternalKeyStoreStatus,
-        sink: &mut S,
-        generation: Option<i64>,
-    ) -> Result<Outcome, EngineError> {
-        let now = self.clock.now();
-        let Some(op) = status.operation.as_mut() else {
+    async fn finish<S: StatusSink>(&self, pass: &mut Pass<'_, S>) -> Result<Outcome, EngineError> {
+        let now = pass.now();
+        let Some(op) = pass.status.operation.as_mut() else {
             return Ok(Outcome::InSync);
         };
-        op.finished_at = Some(now.clone());
+        op.finished_at = Some(now);
         if op.phase == OperationPhase::RollingBack {
             op.phase = OperationPhase::RolledBack;
             let message = format!(
@@ -622,27 +610,85 @@ impl<K: KeyStores, P: ProxyProbe> Engine<K, P> {
                 op.message.clone().unwrap_or_default()
             );
             op.message = Some(message.clone());
-            conditions::set(
-                status,
-                Summary::Stalled,
-                "RolledBack",
-                &message,
-                generation,
-                &now,
-            );
-            sink.write(status).await?;
-            return Ok(Outcome::Stalled);
+            return pass
+                .conclude(Conclusion::stalled("RolledBack", message))
+                .await;
         }
         op.phase = OperationPhase::Succeeded;
-        let deleted = op.steps.iter().any(|s| s.name == StepName::Delete);
         op.message = Some(format!("{}: done", op.trigger));
-        if deleted {
-            sink.write(status).await?;
-            return Ok(Outcome::Released);
-        }
+        let deleted = op
+            .steps
+            .iter()
+            .any(|s| s.name == crate::api::StepName::Delete);
+        pass.write().await?;
         // Whatever the steps did, Ready is decided by what KMS reports next.
-        sink.write(status).await?;
-        Ok(Outcome::Requeue(Duration::ZERO))
+        Ok(if deleted {
+            Outcome::Released
+        } else {
+            Outcome::Requeue(Duration::ZERO)
+        })
+    }
+
+    /// Ask the retry policy about a failure outside a step's run loop, and
+    /// conclude accordingly: retry later, or stall for a person.
+    fn failed<S: StatusSink>(&self, pass: &mut Pass<'_, S>, failure: Failure<'_>) -> Conclusion {
+        let attempts = pass.failures(failure.step) + 1;
+        match self
+            .options
+            .retry
+            .decide(failure.error.class(), attempts, failure.situation)
+        {
+            Verdict::RetryAfter(delay) => self.retrying(pass, failure, delay),
+            Verdict::GiveUp => {
+                pass.clear_retry();
+                Conclusion::stalled(failure.error.reason(), failure.error.message.clone())
+            }
+        }
+    }
+
+    /// Record the retry in status and say so: Reconciling, not Stalled.
+    fn retrying<S: StatusSink>(
+        &self,
+        pass: &mut Pass<'_, S>,
+        failure: Failure<'_>,
+        delay: Duration,
+    ) -> Conclusion {
+        let reason = failure.error.reason();
+        pass.record_retry(
+            failure.step,
+            &reason,
+            &failure.error.message,
+            failure.calls,
+            delay,
+        );
+        let (attempts, due) = pass
+            .status
+            .retry
+            .as_ref()
+            .map(|r| (r.attempts, r.next_attempt_at.clone()))
+            .unwrap_or_default();
+        let what = failure
+            .step
+            .map_or_else(|| "describing the store".to_string(), |s| s.to_string());
+        Conclusion::new(
+            Summary::Progressing,
+            reason,
+            format!(
+                "{what} failed ({}); a cause that can pass: attempt {attempts} failed, retrying at {due}",
+                failure.error.message
+            ),
+            Outcome::Requeue(delay),
+        )
+    }
+
+    /// What the retry policy weighs besides the failure itself.
+    fn situation(&self, status: &ExternalKeyStoreStatus, desired: &Desired) -> Situation {
+        Situation {
+            store_down: desired.connection == DesiredConnectionState::Connected
+                && status.key_store_id.is_some()
+                && status.connection_state != Some(ConnectionState::Connected),
+            ..Situation::default()
+        }
     }
 
     /// This resource's claim on a store, in this engine's account and Region.
@@ -657,88 +703,16 @@ impl<K: KeyStores, P: ProxyProbe> Engine<K, P> {
             region: self.region.clone(),
         }
     }
+}
 
-    /// Another resource holds the store: say so, change nothing.
-    async fn yield_to<S: StatusSink>(
-        &self,
-        status: &mut ExternalKeyStoreStatus,
-        sink: &mut S,
-        claimed: &Claimed,
-        generation: Option<i64>,
-    ) -> Result<Outcome, EngineError> {
-        self.stall_with(status, sink, claims::REASON, &claimed.message(), generation)
-            .await?;
-        Ok(Outcome::Claimed)
-    }
-
-    async fn stall<S: StatusSink>(
-        &self,
-        status: &mut ExternalKeyStoreStatus,
-        sink: &mut S,
-        category: ErrorCategory,
-        message: &str,
-        generation: Option<i64>,
-    ) -> Result<Outcome, EngineError> {
-        self.stall_with(status, sink, category.reason(), message, generation)
-            .await
-    }
-
-    async fn stall_with<S: StatusSink>(
-        &self,
-        status: &mut ExternalKeyStoreStatus,
-        sink: &mut S,
-        reason: &str,
-        message: &str,
-        generation: Option<i64>,
-    ) -> Result<Outcome, EngineError> {
-        status.observed_generation = generation;
-        let now = self.clock.now();
-        conditions::set(status, Summary::Stalled, reason, message, generation, &now);
-        sink.write(status).await?;
-        Ok(Outcome::Stalled)
-    }
-
-    async fn kms_trouble<S: StatusSink>(
-        &self,
-        status: &mut ExternalKeyStoreStatus,
-        sink: &mut S,
-        err: &KmsError,
-        generation: Option<i64>,
-    ) -> Result<Outcome, EngineError> {
-        let category = err.category();
-        if !category.is_retryable() {
-            return self
-                .stall(
-                    status,
-                    sink,
-                    category,
-                    &format!("describing the store: {err}"),
-                    generation,
-                )
-                .await;
-        }
-        let now = self.clock.now();
-        conditions::set(
-            status,
-            Summary::Progressing,
-            category.reason(),
-            &format!("describing the store failed, will retry: {err}"),
-            generation,
-            &now,
-        );
-        sink.write(status).await?;
-        Ok(Outcome::Requeue(self.backoff(1)))
-    }
-
-    /// Exponential backoff with ±25% jitter, so many resources that failed
-    /// together do not retry together.
-    fn backoff(&self, attempts: u32) -> Duration {
-        let exp = attempts.saturating_sub(1).min(16);
-        let base = self.options.backoff_base.saturating_mul(1 << exp);
-        let capped = base.min(self.options.backoff_max);
-        let jitter = rand::random_range(0.75..1.25);
-        capped.mul_f64(jitter)
-    }
+/// Another resource holds the store: say so, change nothing.
+fn yielding(claimed: &Claimed) -> Conclusion {
+    Conclusion::new(
+        Summary::Stalled,
+        claims::REASON,
+        claimed.message(),
+        Outcome::Claimed,
+    )
 }
 
 /// The desired store: the spec with defaults applied and the Secret read.
@@ -796,43 +770,6 @@ fn current_trigger(status: &ExternalKeyStoreStatus) -> String {
         .unwrap_or_default()
 }
 
-fn mark(
-    status: &mut ExternalKeyStoreStatus,
-    index: usize,
-    state: StepState,
-    message: Option<String>,
-    now: &str,
-) {
-    if let Some(step) = status
-        .operation
-        .as_mut()
-        .and_then(|o| o.steps.get_mut(index))
-    {
-        step.state = state;
-        step.message = message;
-        if step.started_at.is_none() {
-            step.started_at = Some(now.to_string());
-        }
-        if matches!(
-            state,
-            StepState::Succeeded | StepState::Failed | StepState::Skipped
-        ) {
-            step.finished_at = Some(now.to_string());
-        }
-    }
-}
-
-pub(crate) fn observed_proxy(p: &ProxyConfig) -> ObservedProxy {
-    ObservedProxy {
-        connectivity: p.connectivity.as_kms().to_string(),
-        uri_endpoint: p.uri_endpoint.clone(),
-        uri_path: p.uri_path.clone(),
-        vpc_endpoint_service_name: p.vpc_endpoint_service_name.clone(),
-        vpc_endpoint_service_owner: p.vpc_endpoint_service_owner.clone(),
-        access_key_id: p.access_key_id.clone(),
-    }
-}
-
 pub(crate) fn record_observation(
     status: &mut ExternalKeyStoreStatus,
     observed: Option<&ObservedStore>,
@@ -841,9 +778,9 @@ pub(crate) fn record_observation(
         Some(s) => {
             status.key_store_id = Some(s.id.clone());
             status.key_store_name = Some(s.name.clone());
-            status.connection_state = Some(s.connection_state.to_string());
+            status.connection_state = Some(s.connection_state);
             status.connection_error_code = s.connection_error_code.clone();
-            status.proxy = s.proxy.as_ref().map(observed_proxy);
+            status.proxy = s.proxy.clone();
         }
         None => {
             status.connection_state = None;
@@ -856,7 +793,7 @@ pub(crate) fn record_observation(
 fn in_sync_words(observed: Option<&ObservedStore>) -> (&'static str, String) {
     match observed {
         Some(s) => match s.connection_state {
-            crate::model::ConnectionState::Connected => (
+            ConnectionState::Connected => (
                 "Connected",
                 format!(
                     "store {} is CONNECTED with the declared configuration",
@@ -879,7 +816,7 @@ fn in_sync_words(observed: Option<&ObservedStore>) -> (&'static str, String) {
 pub fn describe_steps(steps: &[Step]) -> String {
     steps
         .iter()
-        .map(|s| format!("{:?}", s.name))
+        .map(|s| s.name.to_string())
         .collect::<Vec<_>>()
         .join(" → ")
 }

@@ -2,11 +2,12 @@
 //! a step that already took effect before a crash is recognised instead of
 //! repeated, and records "about to call" in status before its side effect.
 
-use super::{Engine, EngineError, StatusSink, observed_proxy, record_observation};
-use crate::api::{ExternalKeyStoreStatus, ObservedProxy, StepName, StepState};
-use crate::error::ErrorCategory;
+use super::pass::Pass;
+use super::{Engine, EngineError, StatusSink, record_observation};
+use crate::api::{ExternalKeyStoreStatus, StepName, StepState};
+use crate::error::{Class, ErrorCategory, connection_error_class};
 use crate::kms::{CreateStore, KeyStores, KmsError, UpdateStore};
-use crate::model::{ConnectionState, Connectivity, ObservedStore, ProxyCredential};
+use crate::model::{ConnectionState, ObservedStore, ProxyConfig, ProxyCredential};
 use crate::plan::{self, Desired};
 use crate::xks::{KeyManagerHealth, ProbeError, ProxyProbe, ProxyTarget};
 
@@ -18,14 +19,61 @@ pub struct StepError {
     /// A more specific condition reason than the category's: the KMS
     /// exception or ConnectionErrorCode, in CamelCase.
     pub reason: Option<String>,
+    /// The store's `ConnectionErrorCode`, for a failed connection.
+    pub connection_error_code: Option<String>,
 }
 
 impl StepError {
+    pub fn new(category: ErrorCategory, message: impl Into<String>) -> Self {
+        Self {
+            category,
+            message: message.into(),
+            reason: None,
+            connection_error_code: None,
+        }
+    }
+
+    /// A KMS error while `doing` something.
+    pub fn from_kms(e: &KmsError, doing: &str) -> Self {
+        Self {
+            category: e.category(),
+            message: if doing.is_empty() {
+                e.to_string()
+            } else {
+                format!("{doing}: {e}")
+            },
+            reason: e.code().map(camel_reason),
+            connection_error_code: None,
+        }
+    }
+
     /// The condition reason: specific when known, else the category's.
     pub fn reason(&self) -> String {
         self.reason
             .clone()
             .unwrap_or_else(|| self.category.reason().to_string())
+    }
+
+    /// Whether the proxy (or KMS's connection to it) failed, rather than
+    /// KMS's API or the operator itself.
+    pub fn implicates_the_proxy(&self) -> bool {
+        matches!(
+            self.category,
+            ErrorCategory::ConnectionFailed
+                | ErrorCategory::ProxyUnreachable
+                | ErrorCategory::ProxyUnhealthy
+                | ErrorCategory::ProxyInvalidResponse
+                | ErrorCategory::ProxyMisconfigured
+                | ErrorCategory::ProxyCredentialRejected
+        )
+    }
+
+    /// Whether it can pass by itself (the retry policy's input).
+    pub fn class(&self) -> Class {
+        match (&self.category, &self.connection_error_code) {
+            (ErrorCategory::ConnectionFailed, Some(code)) => connection_error_class(code),
+            (category, _) => category.class(),
+        }
     }
 }
 
@@ -53,61 +101,77 @@ pub(super) enum StepResult {
     Done(String),
     /// KMS is transitioning; look again later.
     Wait(String),
-    /// A retryable error; back off and try the step again.
-    Retry(StepError),
-    /// A terminal error.
-    Fail(StepError),
+    /// The step failed; the retry policy decides what follows.
+    Failed(StepError),
 }
 
-/// Errors KMS or the network may clear by themselves are retried forever
-/// (with backoff); other retryable categories a bounded number of times.
-const MAX_ATTEMPTS: u32 = 5;
+/// What a step needs besides the engine and the pass.
+pub(super) struct StepContext<'a> {
+    pub index: usize,
+    pub desired: &'a Desired,
+    pub credential: &'a ProxyCredential,
+    /// What this pass described just before the step (`None`: nothing was
+    /// described). Used once, before any side effect of the step.
+    pub just_observed: Option<Option<ObservedStore>>,
+    /// When the step is being retried: how many calls it had issued when
+    /// it failed.
+    pub retried_after_calls: Option<u32>,
+}
 
 pub(super) async fn run_step<K: KeyStores, P: ProxyProbe, S: StatusSink>(
     engine: &Engine<K, P>,
-    index: usize,
-    desired: &Desired,
-    credential: &ProxyCredential,
-    just_observed: Option<Option<ObservedStore>>,
-    status: &mut ExternalKeyStoreStatus,
-    sink: &mut S,
+    ctx: StepContext<'_>,
+    pass: &mut Pass<'_, S>,
 ) -> Result<StepResult, EngineError> {
-    let Some(step) = status.operation.as_ref().and_then(|o| o.steps.get(index)) else {
+    let Some(step) = pass
+        .status
+        .operation
+        .as_ref()
+        .and_then(|o| o.steps.get(ctx.index))
+    else {
         return Ok(StepResult::Done(String::new()));
     };
     let name = step.name;
-    let earlier_attempts = step.attempts;
+    let calls = step.attempts;
+    let desired = ctx.desired;
     let mut run = StepRun {
         engine,
-        index,
+        index: ctx.index,
         desired,
-        credential,
-        just_observed,
+        credential: ctx.credential,
+        just_observed: ctx.just_observed,
     };
     match name {
-        StepName::Preflight => run.preflight(status, sink).await,
-        StepName::Create => run.create(status, sink, earlier_attempts).await,
-        StepName::Disconnect | StepName::RollbackDisconnect => run.disconnect(status, sink).await,
-        StepName::Update => run.update(status, sink, desired.clone()).await,
+        StepName::Preflight => run.preflight(pass).await,
+        StepName::Create => run.create(pass, calls).await,
+        StepName::Disconnect | StepName::RollbackDisconnect => run.disconnect(pass).await,
+        StepName::Update => run.update(pass, desired.clone()).await,
         StepName::RestorePrevious => {
-            let previous = status.operation.as_ref().and_then(|o| o.previous.clone());
+            let previous = pass
+                .status
+                .operation
+                .as_ref()
+                .and_then(|o| o.previous.clone());
             match previous {
                 Some(previous) => {
-                    let target = restore_target(desired, &previous, status);
-                    run.update(status, sink, target).await
+                    let target = restore_target(desired, &previous, pass.status);
+                    run.update(pass, target).await
                 }
-                None => Ok(StepResult::Fail(StepError {
-                    category: ErrorCategory::Internal,
-                    message: "no previous proxy configuration was recorded".into(),
-                    reason: None,
-                })),
+                None => Ok(StepResult::Failed(StepError::new(
+                    ErrorCategory::Internal,
+                    "no previous proxy configuration was recorded",
+                ))),
             }
         }
-        StepName::HealthCheck => run.health_check(status, sink).await,
+        StepName::HealthCheck => run.health_check(pass).await,
         StepName::Connect | StepName::RollbackConnect => {
-            run.connect(status, sink, earlier_attempts).await
+            // A retry of a connection that ended FAILED disconnects first
+            // (KMS connects only a DISCONNECTED store): no connect call was
+            // issued since the failure was recorded.
+            let reconnecting = ctx.retried_after_calls.is_some_and(|at| calls <= at);
+            run.connect(pass, calls, reconnecting).await
         }
-        StepName::Delete => run.delete(status, sink).await,
+        StepName::Delete => run.delete(pass).await,
     }
 }
 
@@ -122,29 +186,23 @@ struct StepRun<'a, K, P> {
 }
 
 impl<K: KeyStores, P: ProxyProbe> StepRun<'_, K, P> {
-    /// Record "about to call" (state Running, one more attempt) before a
-    /// side effect, so a crash right after the call is recognised on resume.
-    async fn begin_call<S: StatusSink>(
-        &self,
-        status: &mut ExternalKeyStoreStatus,
-        sink: &mut S,
-    ) -> Result<u32, EngineError> {
-        let now = self.engine.clock.now();
-        let mut attempts = 1;
-        if let Some(step) = status
+    /// Record "about to call" (state Running, one more call) before a side
+    /// effect, so a crash right after the call is recognised on resume.
+    async fn begin_call<S: StatusSink>(&self, pass: &mut Pass<'_, S>) -> Result<(), EngineError> {
+        let now = pass.now();
+        if let Some(step) = pass
+            .status
             .operation
             .as_mut()
             .and_then(|o| o.steps.get_mut(self.index))
         {
             step.state = StepState::Running;
             step.attempts += 1;
-            attempts = step.attempts;
             if step.started_at.is_none() {
                 step.started_at = Some(now);
             }
         }
-        sink.write(status).await?;
-        Ok(attempts)
+        pass.write().await
     }
 
     fn target(&self, uri_endpoint: &str, uri_path: &str) -> ProxyTarget {
@@ -170,11 +228,10 @@ impl<K: KeyStores, P: ProxyProbe> StepRun<'_, K, P> {
         status: &mut ExternalKeyStoreStatus,
     ) -> Result<ObservedStore, StepResult> {
         let Some(id) = status.key_store_id.clone() else {
-            return Err(StepResult::Fail(StepError {
-                category: ErrorCategory::Internal,
-                message: "no key store id recorded".into(),
-                reason: None,
-            }));
+            return Err(StepResult::Failed(StepError::new(
+                ErrorCategory::Internal,
+                "no key store id recorded",
+            )));
         };
         // The observation of this pass was already recorded in status.
         if let Some(store) = self.just_seen(&id) {
@@ -185,42 +242,35 @@ impl<K: KeyStores, P: ProxyProbe> StepRun<'_, K, P> {
                 record_observation(status, Some(&store));
                 Ok(store)
             }
-            Ok(None) => Err(StepResult::Fail(StepError {
-                category: ErrorCategory::NotFound,
-                message: format!("store {id} no longer exists in KMS"),
-                reason: None,
-            })),
-            Err(e) => Err(kms_result(&e, 1)),
+            Ok(None) => Err(StepResult::Failed(StepError::new(
+                ErrorCategory::NotFound,
+                format!("store {id} no longer exists in KMS"),
+            ))),
+            Err(e) => Err(kms_failed(&e)),
         }
     }
 
     async fn preflight<S: StatusSink>(
         &mut self,
-        status: &mut ExternalKeyStoreStatus,
-        sink: &mut S,
+        pass: &mut Pass<'_, S>,
     ) -> Result<StepResult, EngineError> {
-        let attempts = self.begin_call(status, sink).await?;
+        self.begin_call(pass).await?;
         let proxy = &self.desired.proxy;
         let target = self.target(&proxy.uri_endpoint, &proxy.uri_path);
         let health = match self.engine.probe.health(&target).await {
             Ok(h) => h,
-            Err(e) => return Ok(self.proxy_result(&e, attempts, "the new proxy")),
+            Err(e) => return Ok(proxy_failed(&e, "the new proxy")),
         };
         if !health.is_usable() {
-            return Ok(self.bounded_retry(
-                StepError {
-                    category: ErrorCategory::ProxyUnhealthy,
-                    message: format!(
-                        "the new proxy at {}{} answers, but all {} of its key managers are UNAVAILABLE",
-                        proxy.uri_endpoint,
-                        proxy.uri_path,
-                        health.key_managers.len()
-                    ),
-                                    reason: None,
-                },
-                attempts,
-                self.engine.options.max_proxy_attempts,
-            ));
+            return Ok(StepResult::Failed(StepError::new(
+                ErrorCategory::ProxyUnhealthy,
+                format!(
+                    "the new proxy at {}{} answers, but all {} of its key managers are UNAVAILABLE",
+                    proxy.uri_endpoint,
+                    proxy.uri_path,
+                    health.key_managers.len()
+                ),
+            )));
         }
         let active = health
             .key_managers
@@ -238,10 +288,10 @@ impl<K: KeyStores, P: ProxyProbe> StepRun<'_, K, P> {
 
         // Key continuity: every KMS key of the store must be served by the
         // new proxy, or switching would strand its ciphertext.
-        if let Some(id) = status.key_store_id.clone() {
+        if let Some(id) = pass.status.key_store_id.clone() {
             let keys = match self.engine.kms.list_store_keys(&id).await {
                 Ok(keys) => keys,
-                Err(e) => return Ok(kms_result(&e, attempts)),
+                Err(e) => return Ok(kms_failed(&e)),
             };
             let mut missing = Vec::new();
             for key in &keys {
@@ -260,20 +310,19 @@ impl<K: KeyStores, P: ProxyProbe> StepRun<'_, K, P> {
                         "{} (external key {} not found)",
                         key.key_id, key.external_key_id
                     )),
-                    Err(e) => return Ok(self.proxy_result(&e, attempts, "the new proxy")),
+                    Err(e) => return Ok(proxy_failed(&e, "the new proxy")),
                 }
             }
             if !missing.is_empty() {
-                return Ok(StepResult::Fail(StepError {
-                    category: ErrorCategory::KeyContinuity,
-                    message: format!(
+                return Ok(StepResult::Failed(StepError::new(
+                    ErrorCategory::KeyContinuity,
+                    format!(
                         "refusing to switch: the new proxy does not serve {} of the {} KMS keys of the store, whose ciphertext would become undecryptable: {}",
                         missing.len(),
                         keys.len(),
                         missing.join(", ")
                     ),
-                    reason: None,
-                }));
+                )));
             }
             message.push_str(&format!(
                 "; serves all {} external keys of the store",
@@ -285,13 +334,12 @@ impl<K: KeyStores, P: ProxyProbe> StepRun<'_, K, P> {
 
     async fn create<S: StatusSink>(
         &mut self,
-        status: &mut ExternalKeyStoreStatus,
-        sink: &mut S,
-        earlier_attempts: u32,
+        pass: &mut Pass<'_, S>,
+        earlier_calls: u32,
     ) -> Result<StepResult, EngineError> {
         // KMS's create takes no idempotency token: if an earlier attempt may
         // have gone through, adopt what it made instead of making a second.
-        if earlier_attempts > 0 {
+        if earlier_calls > 0 {
             let lookup = match self.just_observed.take() {
                 // observe() just looked this name up (no pinned id).
                 Some(seen) if self.desired.pinned_id.is_none() => Ok(seen),
@@ -299,17 +347,17 @@ impl<K: KeyStores, P: ProxyProbe> StepRun<'_, K, P> {
             };
             match lookup.map(|found| found.filter(|s| s.name == self.desired.name)) {
                 Ok(Some(store)) => {
-                    record_observation(status, Some(&store));
+                    record_observation(pass.status, Some(&store));
                     return Ok(StepResult::Done(format!(
                         "adopted store {} made by an earlier attempt whose answer was lost",
                         store.id
                     )));
                 }
                 Ok(None) => {}
-                Err(e) => return Ok(kms_result(&e, 1)),
+                Err(e) => return Ok(kms_failed(&e)),
             }
         }
-        let attempts = self.begin_call(status, sink).await?;
+        self.begin_call(pass).await?;
         let req = CreateStore {
             name: self.desired.name.clone(),
             proxy: self.desired.proxy.clone(),
@@ -317,23 +365,23 @@ impl<K: KeyStores, P: ProxyProbe> StepRun<'_, K, P> {
         };
         match self.engine.kms.create(&req).await {
             Ok(id) => {
+                let status = &mut *pass.status;
                 status.key_store_id = Some(id.clone());
                 status.key_store_name = Some(self.desired.name.clone());
-                status.connection_state = Some(ConnectionState::Disconnected.to_string());
-                status.proxy = Some(observed_proxy(&self.desired.proxy));
+                status.connection_state = Some(ConnectionState::Disconnected);
+                status.proxy = Some(self.desired.proxy.clone());
                 status.credential_fingerprint = Some(self.desired.credential_fingerprint.clone());
                 Ok(StepResult::Done(format!("created store {id}")))
             }
-            Err(e) => Ok(kms_result(&e, attempts)),
+            Err(e) => Ok(kms_failed(&e)),
         }
     }
 
     async fn disconnect<S: StatusSink>(
         &mut self,
-        status: &mut ExternalKeyStoreStatus,
-        sink: &mut S,
+        pass: &mut Pass<'_, S>,
     ) -> Result<StepResult, EngineError> {
-        let store = match self.current(status).await {
+        let store = match self.current(pass.status).await {
             Ok(s) => s,
             Err(r) => return Ok(r),
         };
@@ -343,28 +391,43 @@ impl<K: KeyStores, P: ProxyProbe> StepRun<'_, K, P> {
                 "waiting for DISCONNECTED (KMS reports DISCONNECTING)".into(),
             )),
             ConnectionState::Connected | ConnectionState::Connecting | ConnectionState::Failed => {
-                let attempts = self.begin_call(status, sink).await?;
-                match self.engine.kms.disconnect(&store.id).await {
-                    Ok(()) => Ok(StepResult::Wait(
-                        "disconnect requested; waiting for DISCONNECTED".into(),
-                    )),
-                    Err(e) => Ok(kms_result(&e, attempts)),
-                }
+                self.request_disconnect(
+                    pass,
+                    &store.id,
+                    "disconnect requested; waiting for DISCONNECTED",
+                )
+                .await
             }
         }
     }
 
+    async fn request_disconnect<S: StatusSink>(
+        &self,
+        pass: &mut Pass<'_, S>,
+        id: &str,
+        waiting: &str,
+    ) -> Result<StepResult, EngineError> {
+        self.begin_call(pass).await?;
+        Ok(match self.engine.kms.disconnect(id).await {
+            Ok(()) => StepResult::Wait(waiting.to_string()),
+            Err(e) => kms_failed(&e),
+        })
+    }
+
     async fn update<S: StatusSink>(
         &mut self,
-        status: &mut ExternalKeyStoreStatus,
-        sink: &mut S,
+        pass: &mut Pass<'_, S>,
         target: Desired,
     ) -> Result<StepResult, EngineError> {
-        let store = match self.current(status).await {
+        let store = match self.current(pass.status).await {
             Ok(s) => s,
             Err(r) => return Ok(r),
         };
-        let d = plan::diff(&target, &store, status.credential_fingerprint.as_deref());
+        let d = plan::diff(
+            &target,
+            &store,
+            pass.status.credential_fingerprint.as_deref(),
+        );
         if !d.any() {
             return Ok(StepResult::Done(
                 "KMS already has the new configuration".into(),
@@ -373,22 +436,17 @@ impl<K: KeyStores, P: ProxyProbe> StepRun<'_, K, P> {
         if d.needs_disconnect() && store.connection_state != ConnectionState::Disconnected {
             // Never send a disconnect-only field to a store that is not
             // DISCONNECTED; someone reconnected it underneath us.
-            return Ok(self.bounded_retry(
-                StepError {
-                    category: ErrorCategory::InvalidState,
-                    message: format!(
-                        "the store is {} but {} can only change while DISCONNECTED",
-                        store.connection_state,
-                        d.changed_fields().join(", ")
-                    ),
-                    reason: None,
-                },
-                status_attempts(status, self.index) + 1,
-                MAX_ATTEMPTS,
-            ));
+            return Ok(StepResult::Failed(StepError::new(
+                ErrorCategory::InvalidState,
+                format!(
+                    "the store is {} but {} can only change while DISCONNECTED",
+                    store.connection_state,
+                    d.changed_fields().join(", ")
+                ),
+            )));
         }
         let want = &target.proxy;
-        let vpc = want.connectivity == Connectivity::VpcEndpointService;
+        let vpc = want.connectivity == crate::model::Connectivity::VpcEndpointService;
         let req = UpdateStore {
             id: store.id.clone(),
             new_name: d.name.then(|| target.name.clone()),
@@ -407,60 +465,55 @@ impl<K: KeyStores, P: ProxyProbe> StepRun<'_, K, P> {
             vpc_endpoint_service_owner: (vpc && d.vpc_endpoint_service_owner)
                 .then(|| want.vpc_endpoint_service_owner.clone().unwrap_or_default()),
         };
-        let attempts = self.begin_call(status, sink).await?;
+        self.begin_call(pass).await?;
         match self.engine.kms.update(&req).await {
             Ok(()) => {
                 if d.credential {
-                    status.credential_fingerprint = Some(target.credential_fingerprint.clone());
+                    pass.status.credential_fingerprint =
+                        Some(target.credential_fingerprint.clone());
                 }
                 Ok(StepResult::Done(format!(
                     "updated {}",
                     d.changed_fields().join(", ")
                 )))
             }
-            Err(e) => Ok(kms_result(&e, attempts)),
+            Err(e) => Ok(kms_failed(&e)),
         }
     }
 
     async fn health_check<S: StatusSink>(
         &mut self,
-        status: &mut ExternalKeyStoreStatus,
-        sink: &mut S,
+        pass: &mut Pass<'_, S>,
     ) -> Result<StepResult, EngineError> {
-        let store = match self.current(status).await {
+        let store = match self.current(pass.status).await {
             Ok(s) => s,
             Err(r) => return Ok(r),
         };
         let Some(proxy) = store.proxy.as_ref() else {
             return Ok(StepResult::Done("not an XKS store".into()));
         };
-        let attempts = self.begin_call(status, sink).await?;
+        self.begin_call(pass).await?;
         let target = self.target(&proxy.uri_endpoint, &proxy.uri_path);
         match self.engine.probe.health(&target).await {
             Ok(h) if h.is_usable() => Ok(StepResult::Done(format!(
                 "proxy at {}{} (now in KMS) is healthy",
                 proxy.uri_endpoint, proxy.uri_path
             ))),
-            Ok(_) => Ok(self.bounded_retry(
-                StepError {
-                    category: ErrorCategory::ProxyUnhealthy,
-                    message: "all key managers of the proxy are UNAVAILABLE".into(),
-                    reason: None,
-                },
-                attempts,
-                self.engine.options.max_proxy_attempts,
-            )),
-            Err(e) => Ok(self.proxy_result(&e, attempts, "the proxy now in KMS")),
+            Ok(_) => Ok(StepResult::Failed(StepError::new(
+                ErrorCategory::ProxyUnhealthy,
+                "all key managers of the proxy are UNAVAILABLE",
+            ))),
+            Err(e) => Ok(proxy_failed(&e, "the proxy now in KMS")),
         }
     }
 
     async fn connect<S: StatusSink>(
         &mut self,
-        status: &mut ExternalKeyStoreStatus,
-        sink: &mut S,
-        earlier_attempts: u32,
+        pass: &mut Pass<'_, S>,
+        earlier_calls: u32,
+        reconnecting: bool,
     ) -> Result<StepResult, EngineError> {
-        let store = match self.current(status).await {
+        let store = match self.current(pass.status).await {
             Ok(s) => s,
             Err(r) => return Ok(r),
         };
@@ -472,30 +525,39 @@ impl<K: KeyStores, P: ProxyProbe> StepRun<'_, K, P> {
             ConnectionState::Disconnecting => Ok(StepResult::Wait(
                 "waiting for DISCONNECTED before connecting".into(),
             )),
+            ConnectionState::Failed if reconnecting => {
+                self.request_disconnect(
+                    pass,
+                    &store.id,
+                    "disconnecting the FAILED store to connect it again",
+                )
+                .await
+            }
             ConnectionState::Failed => {
                 let code = store
                     .connection_error_code
                     .as_deref()
                     .unwrap_or("no ConnectionErrorCode");
                 let why = super::remediation::connection_error_advice(code);
-                let message = if earlier_attempts > 0 {
+                let message = if earlier_calls > 0 {
                     format!("the store failed to connect: {code}: {why}")
                 } else {
                     format!("the store is FAILED ({code}): {why}")
                 };
-                Ok(StepResult::Fail(StepError {
+                Ok(StepResult::Failed(StepError {
                     category: ErrorCategory::ConnectionFailed,
                     message,
                     reason: store.connection_error_code.as_deref().map(camel_reason),
+                    connection_error_code: store.connection_error_code.clone(),
                 }))
             }
             ConnectionState::Disconnected => {
-                let attempts = self.begin_call(status, sink).await?;
+                self.begin_call(pass).await?;
                 match self.engine.kms.connect(&store.id).await {
                     Ok(()) => Ok(StepResult::Wait(
                         "connect requested; waiting for CONNECTED".into(),
                     )),
-                    Err(e) => Ok(kms_result(&e, attempts)),
+                    Err(e) => Ok(kms_failed(&e)),
                 }
             }
         }
@@ -503,23 +565,22 @@ impl<K: KeyStores, P: ProxyProbe> StepRun<'_, K, P> {
 
     async fn delete<S: StatusSink>(
         &mut self,
-        status: &mut ExternalKeyStoreStatus,
-        sink: &mut S,
+        pass: &mut Pass<'_, S>,
     ) -> Result<StepResult, EngineError> {
-        let Some(id) = status.key_store_id.clone() else {
+        let Some(id) = pass.status.key_store_id.clone() else {
             return Ok(StepResult::Done("no store to delete".into()));
         };
         if self.just_seen(&id).is_none() {
             match self.engine.kms.describe_by_id(&id).await {
                 Ok(None) => return Ok(StepResult::Done(format!("store {id} is already gone"))),
                 Ok(Some(_)) => {}
-                Err(e) => return Ok(kms_result(&e, 1)),
+                Err(e) => return Ok(kms_failed(&e)),
             }
         }
-        let attempts = self.begin_call(status, sink).await?;
+        self.begin_call(pass).await?;
         match self.engine.kms.delete(&id).await {
             Ok(()) => {
-                record_observation(status, None);
+                record_observation(pass.status, None);
                 Ok(StepResult::Done(format!("deleted store {id}")))
             }
             Err(e) if e.category() == ErrorCategory::StoreHasKeys => {
@@ -530,70 +591,35 @@ impl<K: KeyStores, P: ProxyProbe> StepRun<'_, K, P> {
                     .await
                     .map(|k| k.len().to_string())
                     .unwrap_or_else(|_| "some".into());
-                Ok(StepResult::Fail(StepError {
-                    category: ErrorCategory::StoreHasKeys,
-                    message: format!(
+                Ok(StepResult::Failed(StepError::new(
+                    ErrorCategory::StoreHasKeys,
+                    format!(
                         "KMS refuses to delete store {id}: it still holds {count} KMS keys. Schedule their deletion and wait for it to complete, or set deletionPolicy: Retain to release the store untouched"
                     ),
-                    reason: None,
-                }))
+                )))
             }
-            Err(e) => Ok(kms_result(&e, attempts)),
-        }
-    }
-
-    fn proxy_result(&self, e: &ProbeError, attempts: u32, which: &str) -> StepResult {
-        let err = StepError {
-            category: e.category(),
-            message: format!("{which}: {e}"),
-            reason: None,
-        };
-        self.bounded_retry(err, attempts, self.engine.options.max_proxy_attempts)
-    }
-
-    fn bounded_retry(&self, err: StepError, attempts: u32, max: u32) -> StepResult {
-        if err.category.is_retryable() && attempts < max {
-            StepResult::Retry(err)
-        } else {
-            StepResult::Fail(err)
+            Err(e) => Ok(kms_failed(&e)),
         }
     }
 }
 
-fn status_attempts(status: &ExternalKeyStoreStatus, index: usize) -> u32 {
-    status
-        .operation
-        .as_ref()
-        .and_then(|o| o.steps.get(index))
-        .map_or(0, |s| s.attempts)
+fn proxy_failed(e: &ProbeError, which: &str) -> StepResult {
+    StepResult::Failed(StepError::new(e.category(), format!("{which}: {e}")))
 }
 
-/// KMS errors: throttling and 5xx retry without bound (they clear by
-/// themselves); other retryable ones a few times; the rest are terminal.
-fn kms_result(e: &KmsError, attempts: u32) -> StepResult {
-    let category = e.category();
-    let err = StepError {
-        category,
-        message: e.to_string(),
-        reason: e.code().map(camel_reason),
-    };
-    match category {
-        ErrorCategory::Throttled | ErrorCategory::Transient => StepResult::Retry(err),
-        c if c.is_retryable() && attempts < MAX_ATTEMPTS => StepResult::Retry(err),
-        _ => StepResult::Fail(err),
-    }
+fn kms_failed(e: &KmsError) -> StepResult {
+    StepResult::Failed(StepError::from_kms(e, ""))
 }
 
 /// The configuration to restore on rollback: the recorded previous proxy
 /// location, with today's name and credential (the old secret is not kept).
 fn restore_target(
     desired: &Desired,
-    previous: &ObservedProxy,
+    previous: &ProxyConfig,
     status: &ExternalKeyStoreStatus,
 ) -> Desired {
     let mut target = desired.clone();
-    target.proxy.connectivity =
-        Connectivity::from_kms(&previous.connectivity).unwrap_or(target.proxy.connectivity);
+    target.proxy.connectivity = previous.connectivity;
     target.proxy.uri_endpoint = previous.uri_endpoint.clone();
     target.proxy.uri_path = previous.uri_path.clone();
     target.proxy.vpc_endpoint_service_name = previous.vpc_endpoint_service_name.clone();

@@ -3,7 +3,7 @@
 
 pub mod aws;
 
-use crate::error::ErrorCategory;
+use crate::error::{Class, ErrorCategory};
 use crate::model::{ObservedStore, ProxyConfig, ProxyCredential, StoreKey};
 use std::future::Future;
 
@@ -84,8 +84,9 @@ impl KmsError {
         }
     }
 
-    pub fn is_retryable(&self) -> bool {
-        self.category().is_retryable()
+    /// Whether it passes by itself (see `ErrorCategory::class`).
+    pub fn class(&self) -> Class {
+        self.category().class()
     }
 }
 

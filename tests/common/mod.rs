@@ -70,8 +70,10 @@ pub async fn harness_with(
         "us-east-1",
         EngineOptions {
             poll_interval: Duration::from_millis(20),
-            backoff_base: Duration::from_millis(10),
-            backoff_max: Duration::from_millis(100),
+            retry: xks_operator::retry::RetryPolicy::scaled(
+                Duration::from_millis(10),
+                Duration::from_millis(100),
+            ),
             ..EngineOptions::default()
         },
     );
