@@ -5,6 +5,7 @@ local processes authenticated with a token of the chart's ServiceAccount."""
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import os
 import re
@@ -316,6 +317,9 @@ class Emulator:
 # --------------------------------------------------------------------------
 
 
+_replica_numbers = itertools.count()
+
+
 @dataclass
 class Replica:
     name: str
@@ -337,7 +341,6 @@ class Operators:
     namespace: str
     deployment: dict
     replicas: list[Replica] = field(default_factory=list)
-    generation: int = 0
 
     def __post_init__(self) -> None:
         pod = self.deployment["spec"]["template"]["spec"]
@@ -407,9 +410,9 @@ class Operators:
         return env
 
     def start(self, count: int = 2) -> None:
-        self.generation += 1
-        for i in range(count):
-            name = f"xks-operator-{self.generation}-{i}"
+        for _ in range(count):
+            # Distinct pod names over the whole run, so each log file is one process's.
+            name = f"xks-operator-{next(_replica_numbers)}"
             r = Replica(name=name, port=free_port(), log_path=self.workdir / f"{name}.log")
             self.replicas.append(r)
             self._spawn(r)
