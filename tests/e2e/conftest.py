@@ -55,7 +55,8 @@ def pytest_terminal_summary(terminalreporter):
     for line in FINDINGS:
         terminalreporter.write_line(line)
     report = os.environ.get("XKS_E2E_LOAD_REPORT")
-    if report:
+    # Only beside the load figures: a partial run leaves the last full report alone.
+    if report and os.path.exists(report):
         with open(report, "a") as f:
             f.write("\nOther figures of the run:\n\n" + "".join(f"- {line}\n" for line in FINDINGS))
 
