@@ -14,7 +14,10 @@ Run by ci/check-chart.sh (which installs the Python packages). Checks:
    nothing cluster-wide, no ClusterRole rule on Secrets), leases only with
    leader election; the viewer/editor ClusterRoles for people have exact
    rules, are bound to nobody and carry the aggregation labels userRoles
-   asks for (view by default, never edit/admin unless asked).
+   asks for (view by default, never edit/admin unless asked). roleAllowList
+   (the admin's namespace -> IAM role allow-list) becomes exactly one
+   `--allow-role NAMESPACE=ROLE_ARN` per entry, sorted by namespace, then in
+   list order; none by default.
 3. Every ci/values/bad-*.yaml is rejected by schema or template, with the
    message in its `# expect:` first line.
 4. The CRD chart renders exactly crds/externalkeystores.xks-operator.io.yaml
@@ -30,7 +33,9 @@ Run by ci/check-chart.sh (which installs the Python packages). Checks:
    (spec and status).
 7. deploy/manifests/xks-operator.yaml (for kubectl users) is the current
    default render of the chart; deploy/iam-policy*.json grant exactly the
-   documented actions.
+   documented actions (each named in docs/install.md), sts:AssumeRole only
+   on listed role ARNs; deploy/*trust-policy.json are trust policies with
+   exactly their expected principal, actions and condition keys.
 
 8. Monitoring (opt-in): ci/values/monitoring*.yaml render the PrometheusRule
    and the Grafana dashboard ConfigMap, the default values neither. The
@@ -385,6 +390,9 @@ def assert_common(objs: list[dict], values: dict) -> None:
     else:
         assert not pdbs, "a PodDisruptionBudget with one replica would block node drains"
     assert flag_values(args, "--watch-namespace") == (values.get("watchNamespaces") or []), args
+    allow = values.get("roleAllowList") or {}
+    want_allow = [f"{ns}={arn}" for ns in sorted(allow) for arn in allow[ns]]
+    assert flag_values(args, "--allow-role") == want_allow, f"--allow-role {flag_values(args, '--allow-role')}, want {want_allow}"
     assert_rbac(objs, values)
     assert_user_roles(objs, values)
     for o in objs:
@@ -395,6 +403,7 @@ def assert_common(objs: list[dict], values: dict) -> None:
 def expect_default(objs, values):
     args = container(objs)["args"]
     assert "--leader-election" not in args and flag(args, "--watch-namespace") is None, args
+    assert "--allow-role" not in args, f"a role is allowed by default: {args}"
     assert flag(args, "--log-format") == "json" and flag(args, "--drift-interval") == "5m", args
     assert flag(args, "--kms-rate-limit") == "5" and flag(args, "--concurrency") == "4", args
     assert one(objs, "Deployment")["spec"]["strategy"] == {"type": "Recreate"}
@@ -455,6 +464,27 @@ def expect_watch_ns_leader(objs, values):
         "no ClusterRole at all: namespaced operator, no user roles"
     roles = sorted((o["metadata"]["namespace"], o["metadata"]["name"]) for o in by_kind(objs, "Role"))
     assert roles == [("payments", fullname), (NAMESPACE, fullname), (NAMESPACE, f"{fullname}-leader-election")], roles
+
+
+def expect_role_allow_list(objs, values):
+    """The admin's allow-list: one --allow-role per role, namespaces sorted,
+    each namespace's roles in list order; nothing else changes (no RBAC for
+    the roles: they are AWS's business)."""
+    args = container(objs)["args"]
+    assert flag_values(args, "--allow-role") == [
+        "team-a=arn:aws:iam::444455556666:role/xks-operator",
+        "team-a=arn:aws:iam::333344445555:role/platform/kms/xks-operator",
+        "team-b=arn:aws:iam::222233334444:role/xks-operator",
+    ], args
+    i = args.index("--allow-role")
+    assert args[i:i + 6:2] == ["--allow-role"] * 3, f"the --allow-role flags are not together: {args}"
+    plain = render(OPERATOR_CHART, {k: v for k, v in values.items() if k != "roleAllowList"})
+    without = lambda o: [x for x in o if x["kind"] != "Deployment"]  # noqa: E731
+    assert without(objs) == without(plain), "roleAllowList changes objects other than the Deployment"
+    dep, dep_plain = copy.deepcopy(one(objs, "Deployment")), one(plain, "Deployment")
+    c = dep["spec"]["template"]["spec"]["containers"][0]
+    c["args"] = [a for j, a in enumerate(c["args"]) if a != "--allow-role" and c["args"][j - 1] != "--allow-role"]
+    assert dep == dep_plain, "roleAllowList changes the Deployment beyond its --allow-role arguments"
 
 
 def expect_user_roles_aggregated(objs, values):
@@ -773,6 +803,7 @@ EXPECTATIONS = {
     "watch-namespace.yaml": expect_watch_ns,
     "watch-namespaces-leader-election.yaml": expect_watch_ns_leader,
     "user-roles-aggregated.yaml": expect_user_roles_aggregated,
+    "role-allow-list.yaml": expect_role_allow_list,
     "networkpolicy-servicemonitor.yaml": expect_netpol_sm,
     "irsa.yaml": expect_irsa,
     "monitoring.yaml": expect_monitoring,
@@ -1031,26 +1062,97 @@ def check_static_manifests() -> None:
 
 
 IAM_ACTIONS = {
+    # The KMS permissions: of the operator's own role, and of every role in
+    # another account it assumes (docs/install.md).
     "iam-policy.json": {
         "kms:CreateCustomKeyStore", "kms:DescribeCustomKeyStores", "kms:UpdateCustomKeyStore",
         "kms:ConnectCustomKeyStore", "kms:DisconnectCustomKeyStore", "kms:DeleteCustomKeyStore",
         "kms:ListKeys", "kms:DescribeKey",
     },
     "iam-policy-cross-account-vpc-endpoint-service.json": {"ec2:DescribeVpcEndpointServices"},
+    # The operator's own role, to assume the roles of roleAllowList.
+    "iam-policy-assume-role.json": {"sts:AssumeRole"},
+}
+# The chart's schema pattern of an allowed role (values.schema.json).
+ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::[0-9]{12}:role/([\w+=,.@-]+/)*[\w+=,.@-]{1,64}$")
+OPERATOR_ROLE_ARN = "arn:aws:iam::111122223333:role/xks-operator"
+# Trust policies: file -> (principal type, actions, condition keys allowed
+# (a suffix for the OIDC provider's keys)).
+TRUST_POLICIES = {
+    "irsa-trust-policy.json": ("Federated", {"sts:AssumeRoleWithWebIdentity"}, {":sub", ":aud"}),
+    "pod-identity-trust-policy.json": ("Service", {"sts:AssumeRole", "sts:TagSession"}, set()),
+    # The role in another account: trusts the operator's role alone, with the
+    # optional external id (docs/install.md, "Stores in other AWS accounts").
+    "role-trust-policy.json": ("AWS", {"sts:AssumeRole"}, {"sts:ExternalId"}),
 }
 
 
+def as_list(v) -> list:
+    return v if isinstance(v, list) else [v]
+
+
+def install_doc() -> str:
+    with open(os.path.join(ROOT, "docs", "install.md")) as f:
+        return f.read()
+
+
 def check_iam_policies() -> None:
+    found = {os.path.basename(p) for p in glob.glob(os.path.join(ROOT, "deploy", "iam-policy*.json"))}
+    assert found == set(IAM_ACTIONS), \
+        f"deploy/iam-policy*.json: {sorted(found)}, but ci/check_chart.py knows the actions of {sorted(IAM_ACTIONS)}"
     for name, want in IAM_ACTIONS.items():
         with open(os.path.join(ROOT, "deploy", name)) as f:
             pol = json.load(f)
         assert pol["Version"] == "2012-10-17", name
+        assert f"(../deploy/{name})" in install_doc(), f"docs/install.md does not link deploy/{name}"
         got = set()
         for st in pol["Statement"]:
             assert st["Effect"] == "Allow" and st.get("Sid"), f"{name}: {st}"
-            acts = st["Action"] if isinstance(st["Action"], list) else [st["Action"]]
+            assert not {"Principal", "NotPrincipal", "NotAction", "NotResource"} & set(st), f"{name}: {st}"
+            acts = as_list(st["Action"])
+            assert all("*" not in a for a in acts), f"{name}: wildcard action {acts}"
+            if any(a.startswith("sts:") for a in acts):
+                # Only the listed roles: no "*", no wildcard account or name.
+                res = as_list(st["Resource"])
+                bad = [r for r in res if not ROLE_ARN.match(r)]
+                assert res and not bad, f"{name}: {st['Sid']} must name role ARNs exactly, not {bad or res}"
+            got.update(acts)
+        assert got == want, f"{name}: actions {sorted(got)} != {sorted(want)}"
+        undocumented = [a for a in sorted(got) if f"`{a}`" not in install_doc()]
+        assert not undocumented, f"{name}: docs/install.md does not name {undocumented}"
+
+
+def check_trust_policies() -> None:
+    found = {os.path.basename(p) for p in glob.glob(os.path.join(ROOT, "deploy", "*trust-policy.json"))}
+    assert found == set(TRUST_POLICIES), \
+        f"deploy/*trust-policy.json: {sorted(found)}, but ci/check_chart.py knows {sorted(TRUST_POLICIES)}"
+    for name, (kind, want, keys) in TRUST_POLICIES.items():
+        with open(os.path.join(ROOT, "deploy", name)) as f:
+            pol = json.load(f)
+        assert pol["Version"] == "2012-10-17", name
+        assert f"(../deploy/{name})" in install_doc(), f"docs/install.md does not link deploy/{name}"
+        got = set()
+        for st in pol["Statement"]:
+            assert st["Effect"] == "Allow" and st.get("Sid"), f"{name}: {st}"
+            assert "Resource" not in st and "NotPrincipal" not in st, f"{name}: not a trust policy: {st}"
+            assert set(st["Principal"]) == {kind}, f"{name}: principal {st['Principal']}, want one {kind}"
+            principals = as_list(st["Principal"][kind])
+            assert "*" not in principals, f"{name}: trusts everyone"
+            if kind == "AWS":
+                # The operator's role itself, not its account's root (which
+                # would trust every principal of the account that IAM lets
+                # call sts:AssumeRole).
+                assert principals == [OPERATOR_ROLE_ARN], f"{name}: trusts {principals}, want [{OPERATOR_ROLE_ARN}]"
+            acts = as_list(st["Action"])
             assert all("*" not in a for a in acts), f"{name}: wildcard action {acts}"
             got.update(acts)
+            for op, cond in (st.get("Condition") or {}).items():
+                for key in cond:
+                    assert any(key == k or (k.startswith(":") and key.endswith(k)) for k in keys), \
+                        f"{name}: condition key {key} ({op}) is not one of {sorted(keys)}"
+                    if key == "sts:ExternalId":
+                        assert op == "StringEquals" and isinstance(cond[key], str) and \
+                            re.fullmatch(r"[\w+=,.@:/-]{2,1224}", cond[key]), f"{name}: {op} {cond}"
         assert got == want, f"{name}: actions {sorted(got)} != {sorted(want)}"
 
 
@@ -1212,6 +1314,7 @@ def main() -> int:
     check("docs/gitops.md argocd-cm snippet equals gitops/argocd/health.lua", check_gitops_doc)
     check("docs/gitops.md Flux healthCheckExprs judge every fixture as expected", check_flux_exprs)
     check("deploy/iam-policy*.json grant exactly the documented actions", check_iam_policies)
+    check("deploy/*trust-policy.json trust exactly the documented principals", check_trust_policies)
     check("chart xks-operator-crds: lint+render, equals crds/, keep annotation", check_crd_chart)
     examples = sorted(glob.glob(os.path.join(ROOT, "examples", "*.yaml")))
     invalid = sorted(glob.glob(os.path.join(ROOT, "examples", "invalid", "*.yaml")))
