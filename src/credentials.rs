@@ -25,36 +25,41 @@ pub enum CredentialError {
     BadSecretAccessKey { secret: String, key: String },
 }
 
+/// The text of `key` in `secret` (`data`, else `stringData`), trimmed.
+/// Errors name the Secret and the key, never a value.
+pub fn key_of(secret: &Secret, key: &str) -> Result<String, CredentialError> {
+    let name = secret.metadata.name.clone().unwrap_or_default();
+    let bytes = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .map(|b| b.0.clone())
+        .or_else(|| {
+            secret
+                .string_data
+                .as_ref()
+                .and_then(|d| d.get(key))
+                .map(|s| s.clone().into_bytes())
+        })
+        .ok_or_else(|| CredentialError::MissingKey {
+            secret: name.clone(),
+            key: key.to_string(),
+        })?;
+    let text = String::from_utf8(bytes).map_err(|_| CredentialError::NotUtf8 {
+        secret: name,
+        key: key.to_string(),
+    })?;
+    // Secrets made with `echo ... | base64` often carry a trailing newline.
+    Ok(text.trim().to_string())
+}
+
 /// Read and check the credential in `secret` as `reference` describes.
 pub fn from_secret(
     secret: &Secret,
     reference: &CredentialsSecretRef,
 ) -> Result<ProxyCredential, CredentialError> {
     let name = secret.metadata.name.clone().unwrap_or_default();
-    let read = |key: &str| -> Result<String, CredentialError> {
-        let bytes = secret
-            .data
-            .as_ref()
-            .and_then(|d| d.get(key))
-            .map(|b| b.0.clone())
-            .or_else(|| {
-                secret
-                    .string_data
-                    .as_ref()
-                    .and_then(|d| d.get(key))
-                    .map(|s| s.clone().into_bytes())
-            })
-            .ok_or_else(|| CredentialError::MissingKey {
-                secret: name.clone(),
-                key: key.to_string(),
-            })?;
-        let text = String::from_utf8(bytes).map_err(|_| CredentialError::NotUtf8 {
-            secret: name.clone(),
-            key: key.to_string(),
-        })?;
-        // Secrets made with `echo ... | base64` often carry a trailing newline.
-        Ok(text.trim().to_string())
-    };
+    let read = |key: &str| key_of(secret, key);
     let akid_key = reference.access_key_id_key();
     let secret_key = reference.secret_access_key_key();
     let access_key_id = read(akid_key)?;

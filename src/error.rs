@@ -40,6 +40,11 @@ pub enum ErrorCategory {
     ConnectionFailed,
     /// IAM denied the operator's call.
     AccessDenied,
+    /// STS refused to let the operator assume `spec.roleArn` (trust policy,
+    /// external id), or the role cannot be used.
+    AssumeRoleFailed,
+    /// The cluster admin has not allowed `spec.roleArn` for the namespace.
+    RoleNotAllowed,
     /// The store is not an external key store, or other unmanageable situation.
     Unsupported,
     /// Anything else.
@@ -67,6 +72,8 @@ impl ErrorCategory {
             Self::StoreHasKeys => "StoreHasKeys",
             Self::ConnectionFailed => "ConnectionFailed",
             Self::AccessDenied => "AccessDenied",
+            Self::AssumeRoleFailed => "AssumeRoleFailed",
+            Self::RoleNotAllowed => "RoleNotAllowed",
             Self::Unsupported => "Unsupported",
             Self::Internal => "InternalError",
         }
@@ -101,6 +108,8 @@ impl ErrorCategory {
             | Self::KeyContinuity
             | Self::StoreHasKeys
             | Self::AccessDenied
+            | Self::AssumeRoleFailed
+            | Self::RoleNotAllowed
             | Self::Unsupported => Class::NeedsPerson,
             // Depends on the ConnectionErrorCode: see `connection_error_class`.
             Self::ConnectionFailed => Class::NeedsPerson,

@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use xks_operator::api::{ExternalKeyStore, FINALIZER};
 use xks_operator::controller::metrics::Metrics;
 use xks_operator::controller::{Backend, Context, Settings, reconcile};
+use xks_operator::kms::identity::AssumedRole;
 use xks_operator::kms::{CreateStore, KeyStores, KmsError, UpdateStore};
 use xks_operator::model::{ConnectionState, Connectivity, ObservedStore, ProxyConfig, StoreKey};
 use xks_operator::xks::{
@@ -229,7 +230,7 @@ struct FakeBackend {
 impl Backend for FakeBackend {
     type Kms = FakeKms;
     type Probe = FakeProbe;
-    async fn key_stores(&self, _region: &str) -> FakeKms {
+    async fn key_stores(&self, _region: &str, _role: Option<&AssumedRole>) -> FakeKms {
         self.kms.clone()
     }
     fn probe(&self) -> FakeProbe {
@@ -1070,7 +1071,7 @@ struct EmulatorBackend {
 impl Backend for EmulatorBackend {
     type Kms = xks_operator::kms::aws::AwsKeyStores;
     type Probe = xks_operator::xks::probe::HttpProxyProbe;
-    async fn key_stores(&self, _region: &str) -> Self::Kms {
+    async fn key_stores(&self, _region: &str, _role: Option<&AssumedRole>) -> Self::Kms {
         self.kms.clone()
     }
     fn probe(&self) -> Self::Probe {
@@ -1124,7 +1125,7 @@ async fn the_controller_runs_the_real_kms_adapter_against_the_emulator() {
     let metrics = Arc::new(Metrics::new());
     metrics.set_kms_source({
         let kms = kms.clone();
-        Box::new(move || vec![("us-east-1".to_string(), kms.stats())])
+        Box::new(move || vec![(String::new(), "us-east-1".to_string(), kms.stats())])
     });
     let mut settings = Settings::default();
     settings.engine.poll_interval = std::time::Duration::from_millis(50);
@@ -1192,7 +1193,7 @@ async fn the_controller_runs_the_real_kms_adapter_against_the_emulator() {
 
     let text = metrics.render().expect("metrics");
     assert!(
-        text.contains("xks_operator_kms_calls_total{region=\"us-east-1\",operation=\"CreateCustomKeyStore\",outcome=\"ok\"} 1"),
+        text.contains("xks_operator_kms_calls_total{account=\"\",region=\"us-east-1\",operation=\"CreateCustomKeyStore\",outcome=\"ok\"} 1"),
         "{text}"
     );
     assert!(!text.contains(SECRET));
@@ -1254,4 +1255,73 @@ async fn a_failed_step_is_a_warning_event_with_its_category_and_the_step_name() 
         h.events()
     );
     h.assert_secret_never_sent();
+}
+
+/// `spec.roleArn` that the cluster admin has not allowed for the namespace
+/// is refused before any AWS call, naming the role and the namespace; the
+/// same role allowed for the namespace is assumed (the backend is asked for
+/// a client acting as it).
+#[tokio::test]
+async fn a_role_not_allowed_for_the_namespace_is_refused_before_any_aws_call() {
+    const ROLE: &str = "arn:aws:iam::222233334444:role/xks-operator";
+    let object = resource(json!({"roleArn": ROLE}), with_finalizer(), None);
+    let kms = FakeKms::default();
+    let h = Harness::new(object, kms);
+    h.pass().await;
+    assert!(h.kms.calls().is_empty(), "{:?}", h.kms.calls());
+    let status = h.api.object().and_then(|o| o.status).expect("status");
+    let stalled = condition(&serde_json::to_value(&status).expect("json"), "Stalled").clone();
+    assert_eq!(stalled["status"], "True");
+    assert_eq!(stalled["reason"], "RoleNotAllowed");
+    let message = stalled["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(ROLE) && message.contains("namespace default"),
+        "{message}"
+    );
+    assert!(message.contains("--allow-role default="), "{message}");
+}
+
+#[tokio::test]
+async fn a_role_allowed_for_the_namespace_is_used() {
+    const ROLE: &str = "arn:aws:iam::222233334444:role/xks-operator";
+    let (api, client, task) = ApiServer::start(
+        resource(json!({"roleArn": ROLE}), with_finalizer(), None),
+        Some(secret()),
+    );
+    let kms = FakeKms::default();
+    let backend = FakeBackend {
+        kms: kms.clone(),
+        probe: FakeProbe::default(),
+    };
+    let settings = Settings {
+        allowed_roles: xks_operator::controller::RoleAllowList::new([(
+            NS.to_string(),
+            ROLE.to_string(),
+        )]),
+        ..Settings::default()
+    };
+    let ctx = Arc::new(Context::new(
+        client,
+        backend,
+        Arc::new(Metrics::new()),
+        settings,
+    ));
+    let obj = api.object().expect("object");
+    reconcile(Arc::new(obj), ctx.clone())
+        .await
+        .expect("reconcile");
+    task.abort();
+    assert!(
+        kms.calls().contains(&"CreateCustomKeyStore".to_string()),
+        "{:?}",
+        kms.calls()
+    );
+    assert_eq!(ctx.account_of(Some(ROLE)).as_deref(), Some("222233334444"));
+    let status = api.object().and_then(|o| o.status).expect("status");
+    assert!(
+        !status
+            .conditions
+            .iter()
+            .any(|c| c.reason == "RoleNotAllowed")
+    );
 }

@@ -19,13 +19,16 @@ pub const APPROVE_ANNOTATION: &str = "xks-operator.io/approve-generation";
 /// Flux's "reconcile now" annotation, echoed into `status.lastHandledReconcileAt`.
 pub const FLUX_REQUESTED_AT: &str = "reconcile.fluxcd.io/requestedAt";
 
-/// Whether the approval annotation approves the resource's current generation.
+/// Whether the approval annotation approves the resource's current
+/// generation. A resource without a generation is never approved.
 pub fn is_approved(resource: &ExternalKeyStore) -> bool {
-    let generation = resource.metadata.generation.unwrap_or_default().to_string();
+    let Some(generation) = resource.metadata.generation else {
+        return false;
+    };
     resource
         .metadata
         .annotations
         .as_ref()
         .and_then(|a| a.get(APPROVE_ANNOTATION))
-        .is_some_and(|v| v.trim() == generation)
+        .is_some_and(|v| v.trim() == generation.to_string())
 }

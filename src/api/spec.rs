@@ -27,6 +27,12 @@ use serde::{Deserialize, Serialize};
 #[x_kube(validation = Rule::new(
     "!has(oldSelf.keyStoreId) || (has(self.keyStoreId) && self.keyStoreId == oldSelf.keyStoreId)"
 ).message("keyStoreId is immutable once set: create a new resource to manage another store"))]
+#[x_kube(validation = Rule::new(
+    "!has(oldSelf.roleArn) || (has(self.roleArn) && self.roleArn == oldSelf.roleArn)"
+).message("roleArn cannot be changed or removed once set: a store lives in one account; create a new resource to manage a store in another account"))]
+#[x_kube(validation = Rule::new(
+    "!has(self.externalIdSecretRef) || has(self.roleArn)"
+).message("externalIdSecretRef needs roleArn: the external id is sent when assuming that role"))]
 #[serde(rename_all = "camelCase")]
 pub struct ExternalKeyStoreSpec {
     /// KMS `CustomKeyStoreName`, unique in the account and Region. Defaults to
@@ -39,6 +45,21 @@ pub struct ExternalKeyStoreSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self.matches('^[a-z]{2}(-[a-z]+)+-[0-9]+$')").message("region must look like eu-west-1"))]
     pub region: Option<String>,
+
+    /// An IAM role the operator assumes (STS AssumeRole) for every KMS call
+    /// of this store: the store lives in the role's account. Used only if
+    /// the cluster admin allowed it for this namespace (the operator's
+    /// `--allow-role`, chart value `roleAllowList`). Absent: the operator's
+    /// own identity. May be added, not changed or removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 20, max = 2048))]
+    #[x_kube(validation = Rule::new("self.matches('^arn:aws[a-z-]*:iam::[0-9]{12}:role/.+$')").message("roleArn must be an IAM role ARN: arn:aws:iam::<12-digit account>:role/<name>"))]
+    pub role_arn: Option<String>,
+
+    /// The STS external id of `roleArn`, read from a Secret in this
+    /// namespace. Never shown in status, logs or Events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_id_secret_ref: Option<SecretKeyRef>,
 
     /// Adopt exactly this existing store (`cks-...`) instead of creating or
     /// adopting by name. Immutable once set.
@@ -155,6 +176,19 @@ pub struct CredentialsSecretRef {
     #[schemars(length(min = 1, max = 253))]
     #[x_kube(validation = Rule::new("self.matches('^[-._a-zA-Z0-9]+$')").message("secretAccessKeyKey must be a Secret key: letters, digits, '-', '_' and '.'"))]
     pub secret_access_key_key: Option<String>,
+}
+
+/// A key of a Secret in the resource's namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key in the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new("self.matches('^[-._a-zA-Z0-9]+$')").message("key must be a Secret key: letters, digits, '-', '_' and '.'"))]
+    pub key: String,
 }
 
 impl CredentialsSecretRef {

@@ -21,6 +21,8 @@ static REGION: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"^[a-z]{2}(-[a-z]+)+-[0-9]+$").expect("static regex"));
 static DURATION: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"^[1-9][0-9]{0,5}(s|m|h)$").expect("static regex"));
+static ROLE_ARN: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"^arn:aws[a-z-]*:iam::[0-9]{12}:role/.+$").expect("static regex"));
 static SECRET_KEY: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"^[-._a-zA-Z0-9]{1,253}$").expect("static regex"));
 
@@ -46,6 +48,30 @@ pub fn validate_spec(spec: &ExternalKeyStoreSpec) -> Result<(), String> {
         && !REGION.is_match(region)
     {
         return Err(format!("region must look like eu-west-1 (got {region:?})"));
+    }
+    if let Some(role) = &spec.role_arn {
+        check_len("roleArn", role, 20, 2048)?;
+        if !ROLE_ARN.is_match(role) {
+            return Err(
+                "roleArn must be an IAM role ARN: arn:aws:iam::<12-digit account>:role/<name>"
+                    .to_string(),
+            );
+        }
+    }
+    if let Some(external_id) = &spec.external_id_secret_ref {
+        if spec.role_arn.is_none() {
+            return Err(
+                "externalIdSecretRef needs roleArn: the external id is sent when assuming that role"
+                    .to_string(),
+            );
+        }
+        check_len("externalIdSecretRef.name", &external_id.name, 1, 253)?;
+        if !SECRET_KEY.is_match(&external_id.key) {
+            return Err(
+                "externalIdSecretRef.key must be a Secret key: letters, digits, '-', '_' and '.'"
+                    .to_string(),
+            );
+        }
     }
     if let Some(interval) = &spec.drift_interval
         && !DURATION.is_match(interval)

@@ -72,18 +72,29 @@ impl Manifests {
         store: &ExternalKeyStore,
     ) -> Result<ProxyCredential, CredentialError> {
         let reference = &store.spec.proxy.credentials_secret_ref;
+        credentials::from_secret(self.secret(store, &reference.name)?, reference)
+    }
+
+    /// One key of a Secret manifest in the store's namespace.
+    pub fn secret_key(
+        &self,
+        store: &ExternalKeyStore,
+        name: &str,
+        key: &str,
+    ) -> Result<String, CredentialError> {
+        credentials::key_of(self.secret(store, name)?, key)
+    }
+
+    /// The Secret manifest `name` in the store's namespace.
+    fn secret(&self, store: &ExternalKeyStore, name: &str) -> Result<&Secret, CredentialError> {
         let namespace = store.metadata.namespace.as_deref().unwrap_or("default");
-        let secret = self
-            .secrets
+        self.secrets
             .iter()
             .find(|s| {
-                s.metadata.name.as_deref() == Some(reference.name.as_str())
+                s.metadata.name.as_deref() == Some(name)
                     && s.metadata.namespace.as_deref() == Some(namespace)
             })
-            .ok_or_else(|| {
-                CredentialError::SecretNotFound(format!("{namespace}/{}", reference.name))
-            })?;
-        credentials::from_secret(secret, reference)
+            .ok_or_else(|| CredentialError::SecretNotFound(format!("{namespace}/{name}")))
     }
 }
 

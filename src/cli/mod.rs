@@ -6,11 +6,12 @@ pub mod files;
 pub mod table;
 
 use crate::api::{ExternalKeyStore, ExternalKeyStoreStatus};
-use crate::claims::{self, Claimant, Scope};
-use crate::engine::{Engine, EngineOptions, Outcome, Request, StatusSink};
+use crate::claims::{Claimant, Scope};
+use crate::engine::{Engine, EngineOptions, Outcome, PreviewVerdict, Request, StatusSink};
 use crate::kms::KeyStores;
 use crate::kms::aws::AwsKeyStores;
-use crate::plan::{self, Decision, PlanInput};
+use crate::kms::identity::AssumedRole;
+use crate::plan::{self, Decision};
 use crate::xks::ProxyProbe;
 use crate::xks::probe::{HttpProxyProbe, ProbeOptions};
 use anyhow::{Context, bail};
@@ -57,12 +58,61 @@ impl Manifests {
             .map(|other| self.claimant(other, target))
             .collect()
     }
+
+    /// The role `store` names, with its external id from the Secret
+    /// manifests given. In file mode every role is allowed: the person
+    /// running the command acts with their own AWS identity.
+    fn role(&self, store: &ExternalKeyStore) -> anyhow::Result<Option<AssumedRole>> {
+        let Some(arn) = store.spec.role_arn.clone() else {
+            return Ok(None);
+        };
+        let external_id = match &store.spec.external_id_secret_ref {
+            Some(reference) => Some(self.secret_key(store, &reference.name, &reference.key)?),
+            None => None,
+        };
+        Ok(Some(AssumedRole::new(arn, external_id)))
+    }
+
+    /// The engine of `store`: KMS in its Region, as its role if it names one.
+    async fn engine(
+        &self,
+        store: &ExternalKeyStore,
+        target: &Target,
+        options: EngineOptions,
+    ) -> anyhow::Result<Engine<AwsKeyStores, HttpProxyProbe>> {
+        let region = target.region_for(store);
+        let role = self.role(store)?;
+        let kms = target.key_stores(&region, role.as_ref()).await;
+        Ok(Engine::new(kms, target.probe()?, region, options)
+            .in_account(role.as_ref().and_then(AssumedRole::account)))
+    }
+
+    /// The request of one pass over `store`.
+    fn request<'a>(
+        &self,
+        store: &'a ExternalKeyStore,
+        target: &Target,
+        deleting: bool,
+    ) -> Request<'a> {
+        Request {
+            resource: store,
+            credential: self.credential_for(store),
+            approved: crate::api::is_approved(store),
+            deleting,
+            requested_at: None,
+            rivals: self.rivals(store, target),
+        }
+    }
 }
 
 impl Target {
     pub fn scope_for(&self, store: &ExternalKeyStore) -> Scope {
         Scope {
-            account: None,
+            account: store
+                .spec
+                .role_arn
+                .as_deref()
+                .and_then(crate::kms::identity::account_of_role),
             region: self.region_for(store),
         }
     }
@@ -76,11 +126,14 @@ impl Target {
             .unwrap_or_else(|| "us-east-1".to_string())
     }
 
-    pub async fn key_stores(&self, region: &str) -> AwsKeyStores {
-        match &self.kms_endpoint {
-            Some(url) => AwsKeyStores::for_endpoint(url, region),
-            None => AwsKeyStores::from_env(Some(region.to_string())).await,
-        }
+    /// KMS in `region`, at `--kms-endpoint` (an emulator, which also serves
+    /// STS) or through the standard AWS configuration; as `role` if given.
+    pub async fn key_stores(&self, region: &str, role: Option<&AssumedRole>) -> AwsKeyStores {
+        let base = match &self.kms_endpoint {
+            Some(url) => crate::kms::aws::emulator_config(url, region).await,
+            None => crate::kms::aws::own_config(Some(region.to_string())).await,
+        };
+        AwsKeyStores::new(&base, region, role).await
     }
 
     pub fn probe(&self) -> anyhow::Result<HttpProxyProbe> {
@@ -93,7 +146,8 @@ impl Target {
     }
 }
 
-/// `plan`: what a change would do, changing nothing.
+/// `plan`: what a change would do, changing nothing. The engine's own
+/// preview decides, as a pass in the cluster would.
 pub async fn plan_command(
     files: &[PathBuf],
     target: &Target,
@@ -104,8 +158,7 @@ pub async fn plan_command(
         bail!("no ExternalKeyStore found in the given files");
     }
     let mut disruptive_any = false;
-    let mut invalid_any = false;
-    let options = EngineOptions::default();
+    let mut refused_any = false;
     for store in &manifests.stores {
         let name = store.metadata.name.clone().unwrap_or_default();
         println!(
@@ -114,53 +167,18 @@ pub async fn plan_command(
         );
         if let Err(problem) = crate::api::validate::validate_resource(store, None) {
             println!("  INVALID: {problem}\n");
-            invalid_any = true;
+            refused_any = true;
             continue;
         }
-        if let Some(claimed) = claims::yields_to(
-            &manifests.claimant(store, target),
-            &manifests.rivals(store, target),
-        ) {
-            println!("  REFUSED ({}): {}\n", claims::REASON, claimed.message());
-            invalid_any = true;
-            continue;
-        }
-        let kms = target.key_stores(&target.region_for(store)).await;
+        let engine = manifests
+            .engine(store, target, EngineOptions::default())
+            .await?;
         let status = store.status.clone().unwrap_or_default();
-        let observed = crate::engine::observe(&kms, store, &status)
+        let preview = engine
+            .preview(&manifests.request(store, target, false), &status)
             .await
             .context("describing the store")?;
-        // Without the Secret (a GitOps repository rarely holds it) the
-        // credential is taken as the one KMS has.
-        let (credential, note) = match manifests.credential_for(store) {
-            Ok(c) => (c, None),
-            Err(e) => {
-                let akid = observed
-                    .as_ref()
-                    .and_then(|s| s.proxy.as_ref())
-                    .map(|p| p.access_key_id.clone())
-                    .unwrap_or_else(|| "UNKNOWNACCESSKEYIDAAAA".into());
-                (
-                    crate::model::ProxyCredential::new(akid, "x".repeat(43)),
-                    Some(format!("credential not compared ({e})")),
-                )
-            }
-        };
-        let desired = desired_for(store, &credential, &options);
-        // A store that exists and whose status we do not have: assume its
-        // secret is the one in the Secret; the operator pushes it once anyway.
-        let applied = status
-            .credential_fingerprint
-            .clone()
-            .or_else(|| Some(desired.credential_fingerprint.clone()));
-        let decision = plan::decide(&PlanInput {
-            desired: &desired,
-            observed: observed.as_ref(),
-            applied_fingerprint: applied.as_deref(),
-            recorded: status.operation.as_ref(),
-            deleting: false,
-        });
-        match &observed {
+        match &preview.observed {
             Some(s) => println!("  store {} ({}) is {}", s.id, s.name, s.connection_state),
             None if store.spec.key_store_id.is_some() => {
                 println!("  the pinned store is not in KMS")
@@ -170,41 +188,59 @@ pub async fn plan_command(
                 store.key_store_name()
             ),
         }
-        match decision {
-            Decision::InSync => println!("  in sync: no change"),
-            Decision::Continue => println!("  an operation is under way (see status.operation)"),
-            Decision::Release => println!("  nothing to do"),
-            Decision::Blocked { message } => println!("  blocked: {message}"),
-            Decision::Refuse { message, .. } => println!("  refused: {message}"),
-            Decision::Start(op) => {
-                println!("  change: {}", op.trigger);
-                for (i, step) in op.steps.iter().enumerate() {
-                    println!("    {}. {step:?}", i + 1);
-                }
-                if op.disruptive {
-                    disruptive_any = true;
-                    println!(
-                        "  DISRUPTIVE: the store is disconnected from Disconnect until Connect completes; its KMS keys cannot be used meanwhile"
-                    );
-                } else if op.steps.contains(&crate::api::StepName::Create) {
-                    println!("  creates a new store: nothing existing is disrupted");
-                } else {
-                    println!("  online: the store stays usable");
-                }
+        match preview.verdict {
+            PreviewVerdict::Refused { reason, message } => {
+                println!("  REFUSED ({reason}): {message}");
+                refused_any = true;
+            }
+            PreviewVerdict::Decided(decision) => {
+                disruptive_any |= print_decision(decision);
             }
         }
-        if let Some(note) = note {
-            println!("  note: {note}");
+        if !preview.credential_compared {
+            println!(
+                "  note: credential not compared (no Secret {:?} in the given files)",
+                store.spec.proxy.credentials_secret_ref.name
+            );
         }
         println!();
     }
-    Ok(if invalid_any {
+    Ok(if refused_any {
         1
     } else if fail_on_disruptive && disruptive_any {
         2
     } else {
         0
     })
+}
+
+/// Prints a decision; returns whether it disconnects a store.
+fn print_decision(decision: Decision) -> bool {
+    match decision {
+        Decision::InSync => println!("  in sync: no change"),
+        Decision::Continue => println!("  an operation is under way (see status.operation)"),
+        Decision::Release => println!("  nothing to do"),
+        Decision::Blocked { message } => println!("  blocked: {message}"),
+        Decision::Refuse { message, .. } => println!("  refused: {message}"),
+        Decision::Start(op) => {
+            println!("  change: {}", op.trigger);
+            for (i, step) in op.steps.iter().enumerate() {
+                println!("    {}. {step}", i + 1);
+            }
+            if op.disruptive {
+                println!(
+                    "  DISRUPTIVE: the store is disconnected from Disconnect until Connect completes; its KMS keys cannot be used meanwhile"
+                );
+                return true;
+            }
+            if op.steps.contains(&crate::api::StepName::Create) {
+                println!("  creates a new store: nothing existing is disrupted");
+            } else {
+                println!("  online: the store stays usable");
+            }
+        }
+    }
+    false
 }
 
 /// `reconcile`: run the engine to completion for each resource, print the
@@ -221,33 +257,25 @@ pub async fn reconcile_command(
     }
     let mut code = 0;
     for store in &manifests.stores {
-        let region = target.region_for(store);
-        let kms = target.key_stores(&region).await;
-        let engine = Engine::new(
-            kms,
-            target.probe()?,
-            region,
-            EngineOptions {
-                poll_interval: Duration::from_millis(500),
-                retry: crate::retry::RetryPolicy::scaled(
-                    Duration::from_millis(500),
-                    Duration::from_secs(10),
-                ),
-                ..EngineOptions::default()
-            },
-        );
+        let engine = manifests
+            .engine(
+                store,
+                target,
+                EngineOptions {
+                    poll_interval: Duration::from_millis(500),
+                    retry: crate::retry::RetryPolicy::scaled(
+                        Duration::from_millis(500),
+                        Duration::from_secs(10),
+                    ),
+                    ..EngineOptions::default()
+                },
+            )
+            .await?;
         let name = store.metadata.name.clone().unwrap_or_default();
         eprintln!("reconciling {name}:");
         let mut sink = table::LiveTable::new(name, false);
         let mut status = store.status.clone().unwrap_or_default();
-        let request = Request {
-            resource: store,
-            credential: manifests.credential_for(store),
-            approved: crate::api::is_approved(store),
-            deleting: delete,
-            requested_at: None,
-            rivals: manifests.rivals(store, target),
-        };
+        let request = manifests.request(store, target, delete);
         let outcome = settle(&engine, &request, &mut status, &mut sink, timeout).await?;
         if !matches!(
             outcome,

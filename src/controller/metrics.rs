@@ -17,7 +17,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// KMS call counters per Region, read at scrape time.
-pub type KmsStatsSource = Box<dyn Fn() -> Vec<(String, KmsCallStats)> + Send + Sync>;
+/// (account, Region, the calls of the clients of that account and Region).
+pub type KmsStatsSource = Box<dyn Fn() -> Vec<(String, String, KmsCallStats)> + Send + Sync>;
 /// Number of resources per observed connection state, read at scrape time.
 pub type StoreStatesSource = Box<dyn Fn() -> BTreeMap<String, u64> + Send + Sync>;
 
@@ -142,9 +143,10 @@ impl prometheus_client::collector::Collector for ScrapeTime {
                 None,
                 MetricType::Counter,
             )?;
-            for (region, stats) in &per_region {
+            for (account, region, stats) in &per_region {
                 for ((operation, outcome), n) in &stats.calls {
                     let labels = [
+                        ("account", account.as_str()),
                         ("region", region.as_str()),
                         ("operation", operation.as_str()),
                         ("outcome", outcome.as_str()),
@@ -158,9 +160,10 @@ impl prometheus_client::collector::Collector for ScrapeTime {
                 None,
                 MetricType::Counter,
             )?;
-            for (region, stats) in &per_region {
+            for (account, region, stats) in &per_region {
                 for (operation, n) in &stats.rate_limited {
                     let labels = [
+                        ("account", account.as_str()),
                         ("region", region.as_str()),
                         ("operation", operation.as_str()),
                     ];
@@ -201,7 +204,7 @@ mod tests {
                 .calls
                 .insert(("DescribeCustomKeyStores".into(), "ok".into()), 7);
             stats.rate_limited.insert("ConnectCustomKeyStore".into(), 2);
-            vec![("eu-west-1".into(), stats)]
+            vec![("111122223333".into(), "eu-west-1".into(), stats)]
         }));
         metrics.set_store_source(Box::new(|| BTreeMap::from([("CONNECTED".to_string(), 2)])));
         let text = metrics.render().expect("render");
@@ -209,8 +212,8 @@ mod tests {
             "xks_operator_reconciles_total 1",
             "xks_operator_reconcile_failures_total{reason=\"ProxyUnreachable\"} 1",
             "xks_operator_step_duration_seconds_count{step=\"Disconnect\"} 1",
-            "xks_operator_kms_calls_total{region=\"eu-west-1\",operation=\"DescribeCustomKeyStores\",outcome=\"ok\"} 7",
-            "xks_operator_kms_rate_limited_calls_total{region=\"eu-west-1\",operation=\"ConnectCustomKeyStore\"} 2",
+            "xks_operator_kms_calls_total{account=\"111122223333\",region=\"eu-west-1\",operation=\"DescribeCustomKeyStores\",outcome=\"ok\"} 7",
+            "xks_operator_kms_rate_limited_calls_total{account=\"111122223333\",region=\"eu-west-1\",operation=\"ConnectCustomKeyStore\"} 2",
             "xks_operator_stores{connection_state=\"CONNECTED\"} 2",
         ] {
             assert!(text.contains(expected), "missing {expected} in\n{text}");

@@ -22,6 +22,7 @@ use crate::api::{ExternalKeyStore, MANAGER};
 use crate::engine::{Engine, EngineOptions};
 use crate::kms::KeyStores;
 use crate::kms::aws::AwsKeyStores;
+use crate::kms::identity::AssumedRole;
 use crate::xks::ProxyProbe;
 use crate::xks::probe::{HttpProxyProbe, ProbeOptions};
 use anyhow::{Context as _, bail};
@@ -35,7 +36,7 @@ use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::watcher;
 use kube::{Api, Client};
 use metrics::Metrics;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -84,6 +85,46 @@ pub struct RunArgs {
     /// emulator; KMS resolves proxy hosts itself.
     #[arg(long = "proxy-resolve", value_parser = crate::cli::parse_resolve)]
     pub proxy_resolve: Vec<(String, String)>,
+    /// Allow resources of NAMESPACE to name ROLE_ARN in spec.roleArn:
+    /// NAMESPACE=ROLE_ARN (repeatable). A role not allowed for the
+    /// resource's namespace is refused before any AWS call. Default: none.
+    #[arg(long = "allow-role", value_parser = parse_allowed_role)]
+    pub allow_role: Vec<(String, String)>,
+}
+
+fn parse_allowed_role(s: &str) -> Result<(String, String), String> {
+    let (namespace, arn) = s
+        .split_once('=')
+        .ok_or_else(|| "expected NAMESPACE=ROLE_ARN".to_string())?;
+    if namespace.is_empty() {
+        return Err("expected NAMESPACE=ROLE_ARN: the namespace is empty".into());
+    }
+    if crate::kms::identity::account_of_role(arn).is_none() {
+        return Err(format!(
+            "{arn:?} is not an IAM role ARN (arn:aws:iam::<12-digit account>:role/<name>)"
+        ));
+    }
+    Ok((namespace.to_string(), arn.to_string()))
+}
+
+/// Which namespace may use which role: the cluster admin's `--allow-role`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RoleAllowList(BTreeMap<String, BTreeSet<String>>);
+
+impl RoleAllowList {
+    pub fn new(entries: impl IntoIterator<Item = (String, String)>) -> Self {
+        let mut map: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for (namespace, arn) in entries {
+            map.entry(namespace).or_default().insert(arn);
+        }
+        Self(map)
+    }
+
+    pub fn allows(&self, namespace: &str, role_arn: &str) -> bool {
+        self.0
+            .get(namespace)
+            .is_some_and(|arns| arns.contains(role_arn))
+    }
 }
 
 /// Parses `30s`, `5m`, `1h`, or a sum of them such as `1h30m`.
@@ -124,31 +165,48 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 pub trait Backend: Send + Sync + 'static {
     type Kms: KeyStores + 'static;
     type Probe: ProxyProbe + 'static;
-    /// The KMS client of `region`; called once per Region (the Context
-    /// keeps one engine per Region).
-    fn key_stores(&self, region: &str) -> impl Future<Output = Self::Kms> + Send;
+    /// The KMS client of `region`, as the operator itself or as `role`;
+    /// called once per role and Region (the Context keeps one engine each).
+    fn key_stores(
+        &self,
+        region: &str,
+        role: Option<&AssumedRole>,
+    ) -> impl Future<Output = Self::Kms> + Send;
     fn probe(&self) -> Self::Probe;
     /// The Region of a resource without `spec.region`.
     fn default_region(&self) -> Option<String>;
+    /// The operator's own AWS account, when known.
+    fn own_account(&self) -> Option<String> {
+        None
+    }
 }
 
+/// A KMS client with the account (when known) and Region it acts in.
+type BuiltClient = (Option<String>, String, AwsKeyStores);
+
 /// aws-sdk-kms with the standard AWS configuration chain (IRSA, Pod
-/// Identity, env), rate limited per operation, and the HTTPS proxy probe.
+/// Identity, env), or a role assumed with it, rate limited per operation,
+/// and the HTTPS proxy probe.
 pub struct AwsBackend {
     rate_limit: f64,
-    default_region: Option<String>,
+    /// The operator's own identity.
+    base: aws_config::SdkConfig,
+    own_account: Option<String>,
     probe: HttpProxyProbe,
-    /// Every client built, per Region, for the KMS call metrics.
-    clients: Arc<Mutex<Vec<(String, AwsKeyStores)>>>,
+    /// Every client built, with its account and Region, for the metrics.
+    clients: Arc<Mutex<Vec<BuiltClient>>>,
 }
 
 impl AwsBackend {
     pub async fn new(rate_limit: f64, proxy_resolve: &[(String, String)]) -> anyhow::Result<Self> {
-        let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-        let default_region = config.region().map(|r| r.to_string());
-        match &default_region {
+        let base = crate::kms::aws::own_config(None).await;
+        match base.region() {
             Some(region) => tracing::info!(%region, "default AWS Region"),
             None => tracing::warn!("no default AWS Region: resources must set spec.region"),
+        }
+        let own_account = crate::kms::identity::own_account(&base).await;
+        if let Some(account) = &own_account {
+            tracing::info!(%account, "the operator's own AWS account");
         }
         let probe = HttpProxyProbe::new(ProbeOptions {
             resolve: proxy_resolve.iter().cloned().collect(),
@@ -157,20 +215,27 @@ impl AwsBackend {
         .context("building the proxy HTTP client")?;
         Ok(Self {
             rate_limit,
-            default_region,
+            base,
+            own_account,
             probe,
             clients: Arc::default(),
         })
     }
 
-    /// KMS call counters of every Region, for `/metrics`.
+    /// KMS call counters per account and Region, for `/metrics`.
     pub fn stats_source(&self) -> metrics::KmsStatsSource {
         let clients = self.clients.clone();
         Box::new(move || {
             let clients = clients.lock().unwrap_or_else(|p| p.into_inner());
             clients
                 .iter()
-                .map(|(region, kms)| (region.clone(), kms.stats()))
+                .map(|(account, region, kms)| {
+                    (
+                        account.clone().unwrap_or_default(),
+                        region.clone(),
+                        kms.stats(),
+                    )
+                })
                 .collect()
         })
     }
@@ -180,14 +245,15 @@ impl Backend for AwsBackend {
     type Kms = AwsKeyStores;
     type Probe = HttpProxyProbe;
 
-    async fn key_stores(&self, region: &str) -> AwsKeyStores {
-        let kms = AwsKeyStores::from_env(Some(region.to_string()))
+    async fn key_stores(&self, region: &str, role: Option<&AssumedRole>) -> AwsKeyStores {
+        let kms = AwsKeyStores::new(&self.base, region, role)
             .await
             .with_rate_limit(self.rate_limit);
+        let account = role.map_or_else(|| self.own_account.clone(), AssumedRole::account);
         self.clients
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push((region.to_string(), kms.clone()));
+            .push((account, region.to_string(), kms.clone()));
         kms
     }
 
@@ -196,7 +262,11 @@ impl Backend for AwsBackend {
     }
 
     fn default_region(&self) -> Option<String> {
-        self.default_region.clone()
+        self.base.region().map(|r| r.to_string())
+    }
+
+    fn own_account(&self) -> Option<String> {
+        self.own_account.clone()
     }
 }
 
@@ -208,6 +278,8 @@ pub struct Settings {
     /// The engine's, whose retry policy also paces retries after Kubernetes
     /// API errors (per object: conflicts, timeouts, 5xx).
     pub engine: EngineOptions,
+    /// Which namespace may use which `spec.roleArn`.
+    pub allowed_roles: RoleAllowList,
 }
 
 impl Default for Settings {
@@ -216,6 +288,7 @@ impl Default for Settings {
             drift_interval: Duration::from_secs(300),
             describe_cache_ttl: Duration::from_secs(10),
             engine: EngineOptions::default(),
+            allowed_roles: RoleAllowList::default(),
         }
     }
 }
@@ -241,6 +314,9 @@ impl ApiFailures {
 /// The engine of one Region, behind the shared describe cache.
 pub type RegionEngine<B> = Engine<DescribeCache<<B as Backend>::Kms>, <B as Backend>::Probe>;
 
+/// One engine per role (or the operator's own identity) and Region.
+type EngineKey = (Option<AssumedRole>, String);
+
 /// What every reconcile shares.
 pub struct Context<B: Backend> {
     pub client: Client,
@@ -255,7 +331,7 @@ pub struct Context<B: Backend> {
     pub cache: ResourceCache,
     /// Kubernetes API errors in a row per resource.
     pub api_failures: ApiFailures,
-    engines: tokio::sync::Mutex<HashMap<String, Arc<RegionEngine<B>>>>,
+    engines: tokio::sync::Mutex<HashMap<EngineKey, Arc<RegionEngine<B>>>>,
 }
 
 impl<B: Backend> Context<B> {
@@ -277,24 +353,37 @@ impl<B: Backend> Context<B> {
         }
     }
 
-    /// The engine of `region`, built on first use.
-    pub async fn engine(&self, region: &str) -> Arc<RegionEngine<B>> {
+    /// The engine of `region` acting as `role` (the operator itself when
+    /// `None`), built on first use.
+    pub async fn engine(&self, region: &str, role: Option<&AssumedRole>) -> Arc<RegionEngine<B>> {
+        let key = (role.cloned(), region.to_string());
         let mut engines = self.engines.lock().await;
-        if let Some(engine) = engines.get(region) {
+        if let Some(engine) = engines.get(&key) {
             return engine.clone();
         }
         let kms = DescribeCache::new(
-            self.backend.key_stores(region).await,
+            self.backend.key_stores(region, role).await,
             self.settings.describe_cache_ttl,
         );
-        let engine = Arc::new(Engine::new(
-            kms,
-            self.backend.probe(),
-            region,
-            self.settings.engine.clone(),
-        ));
-        engines.insert(region.to_string(), engine.clone());
+        let engine = Arc::new(
+            Engine::new(
+                kms,
+                self.backend.probe(),
+                region,
+                self.settings.engine.clone(),
+            )
+            .in_account(self.account_of(role.map(|r| r.arn.as_str()))),
+        );
+        engines.insert(key, engine.clone());
         engine
+    }
+
+    /// The account a store lives in: its role's, or the operator's own.
+    pub fn account_of(&self, role_arn: Option<&str>) -> Option<String> {
+        match role_arn {
+            Some(arn) => crate::kms::identity::account_of_role(arn),
+            None => self.backend.own_account(),
+        }
     }
 }
 
@@ -371,6 +460,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let settings = Settings {
         drift_interval: args.drift_interval,
         describe_cache_ttl: args.describe_cache_ttl,
+        allowed_roles: RoleAllowList::new(args.allow_role.clone()),
         ..Settings::default()
     };
     let ctx = Arc::new(Context::new(

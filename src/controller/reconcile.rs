@@ -4,13 +4,12 @@
 
 use super::status::StatusWriter;
 use super::{Backend, Context, parse_duration, secrets};
-use crate::api::{
-    APPROVE_ANNOTATION, DeletionPolicy, ExternalKeyStore, FINALIZER, FLUX_REQUESTED_AT,
-};
+use crate::api::{DeletionPolicy, ExternalKeyStore, FINALIZER, FLUX_REQUESTED_AT};
 use crate::claims::Scope;
 use crate::engine::conditions::{self, STALLED, Summary};
 use crate::engine::{Clock, EngineError, Outcome, Request, SinkError, StatusSink, SystemClock};
 use crate::error::ErrorCategory;
+use crate::kms::identity::AssumedRole;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
@@ -122,26 +121,23 @@ async fn reconcile_once<B: Backend>(
         return Ok(Action::await_change());
     }
 
-    let Some(region) = obj
-        .spec
-        .region
-        .clone()
-        .or_else(|| ctx.backend.default_region())
-    else {
-        let message = "no AWS Region: set spec.region, or give the operator one (AWS_REGION or its AWS configuration)";
-        status.observed_generation = generation;
-        let reason = ErrorCategory::InvalidSpec.reason();
-        conditions::set(
-            &mut status,
-            Summary::Stalled,
-            reason,
-            message,
-            generation,
-            &SystemClock.now(),
-        );
-        sink.write(&status).await?;
-        ctx.metrics.failed(reason);
-        return Ok(Action::await_change());
+    let target = match resolve_target(obj, ctx, &namespace).await? {
+        Ok(target) => target,
+        Err((category, message)) => {
+            // Refused before any AWS call: only the resource can fix it.
+            status.observed_generation = generation;
+            conditions::set(
+                &mut status,
+                Summary::Stalled,
+                category.reason(),
+                &message,
+                generation,
+                &SystemClock.now(),
+            );
+            sink.write(&status).await?;
+            ctx.metrics.failed(category.reason());
+            return Ok(Action::await_change());
+        }
     };
 
     // The claim rule needs every watched resource: until each listing is
@@ -151,14 +147,13 @@ async fn reconcile_once<B: Backend>(
     }
     let default_region = ctx.backend.default_region();
     let rivals = ctx.cache.rivals(&uid, &ctx.statuses, |other| {
-        let region = other
-            .spec
-            .region
-            .clone()
-            .or_else(|| default_region.clone())?;
         Some(Scope {
-            account: None,
-            region,
+            account: ctx.account_of(other.spec.role_arn.as_deref()),
+            region: other
+                .spec
+                .region
+                .clone()
+                .or_else(|| default_region.clone())?,
         })
     });
 
@@ -169,21 +164,16 @@ async fn reconcile_once<B: Backend>(
     )
     .await
     .map_err(Error::Kube)?;
-    let annotations = obj.annotations();
-    let approved = generation.is_some_and(|g| {
-        annotations
-            .get(APPROVE_ANNOTATION)
-            .is_some_and(|v| v.trim() == g.to_string())
-    });
     let request = Request {
         resource: obj,
         credential,
-        approved,
+        approved: crate::api::is_approved(obj),
         deleting,
-        requested_at: annotations.get(FLUX_REQUESTED_AT).cloned(),
+        requested_at: obj.annotations().get(FLUX_REQUESTED_AT).cloned(),
         rivals,
     };
-    let engine = ctx.engine(&region).await;
+    let region = target.region;
+    let engine = ctx.engine(&region, target.role.as_ref()).await;
     let outcome = engine.reconcile(&request, &mut status, &mut sink).await?;
     tracing::debug!(%namespace, %name, %region, ?outcome, "reconciled");
 
@@ -264,6 +254,61 @@ fn failure_key(obj: &ExternalKeyStore) -> String {
         .uid
         .clone()
         .unwrap_or_else(|| format!("{}/{}", obj.namespace().unwrap_or_default(), obj.name_any()))
+}
+
+/// Where a resource's store lives and as whom the operator reaches it.
+struct Target {
+    region: String,
+    role: Option<AssumedRole>,
+}
+
+/// The Region and the role of a resource, or why it cannot be reached at
+/// all (no Region; a role the cluster admin has not allowed for the
+/// namespace; an external id that cannot be read), decided before any AWS
+/// call.
+async fn resolve_target<B: Backend>(
+    obj: &ExternalKeyStore,
+    ctx: &Context<B>,
+    namespace: &str,
+) -> Result<Result<Target, (ErrorCategory, String)>, Error> {
+    let Some(region) = obj
+        .spec
+        .region
+        .clone()
+        .or_else(|| ctx.backend.default_region())
+    else {
+        return Ok(Err((
+            ErrorCategory::InvalidSpec,
+            "no AWS Region: set spec.region, or give the operator one (AWS_REGION or its AWS configuration)".into(),
+        )));
+    };
+    let Some(arn) = obj.spec.role_arn.clone() else {
+        return Ok(Ok(Target { region, role: None }));
+    };
+    if !ctx.settings.allowed_roles.allows(namespace, &arn) {
+        return Ok(Err((
+            ErrorCategory::RoleNotAllowed,
+            format!(
+                "role {arn} is not allowed for namespace {namespace}: the cluster admin allows it with the operator's --allow-role {namespace}={arn} (chart value roleAllowList)"
+            ),
+        )));
+    }
+    let external_id = match &obj.spec.external_id_secret_ref {
+        None => None,
+        Some(reference) => {
+            match secrets::read_key(ctx.client.clone(), namespace, reference)
+                .await
+                .map_err(Error::Kube)?
+            {
+                Ok(id) => Some(id),
+                Err(e) => return Ok(Err((ErrorCategory::CredentialSecret, e.to_string()))),
+            }
+        }
+    };
+    Ok(Ok(Target {
+        region,
+        role: Some(AssumedRole::new(arn, external_id)),
+    }))
 }
 
 /// `spec.driftInterval` when set and valid, else the operator's default.

@@ -3,7 +3,7 @@
 //! credential is pushed to KMS without anyone touching the resource.
 //! Nothing here logs or returns a Secret's data.
 
-use crate::api::{CredentialsSecretRef, ExternalKeyStore};
+use crate::api::{CredentialsSecretRef, ExternalKeyStore, SecretKeyRef};
 use crate::credentials::{self, CredentialError};
 use crate::model::ProxyCredential;
 use k8s_openapi::api::core::v1::Secret;
@@ -25,8 +25,23 @@ pub async fn read_credential(
     })
 }
 
-/// The resources in the Secret's namespace whose
-/// `spec.proxy.credentialsSecretRef.name` is the Secret.
+/// One key of a Secret, e.g. the external id of `spec.roleArn`. The outer
+/// error is the API call failing; the inner one names what is missing
+/// (never the value).
+pub async fn read_key(
+    client: Client,
+    namespace: &str,
+    reference: &SecretKeyRef,
+) -> Result<Result<String, CredentialError>, kube::Error> {
+    let api: Api<Secret> = Api::namespaced(client, namespace);
+    Ok(match api.get_opt(&reference.name).await? {
+        Some(secret) => credentials::key_of(&secret, &reference.key),
+        None => Err(CredentialError::SecretNotFound(reference.name.clone())),
+    })
+}
+
+/// The resources in the Secret's namespace that name the Secret: for the
+/// proxy credential or for the external id of their role.
 pub fn stores_using(
     stores: &Store<ExternalKeyStore>,
     secret: &Secret,
@@ -42,7 +57,11 @@ pub fn stores_using(
         .iter()
         .filter(|s| {
             s.namespace().as_deref() == Some(namespace)
-                && s.spec.proxy.credentials_secret_ref.name == name
+                && (s.spec.proxy.credentials_secret_ref.name == name
+                    || s.spec
+                        .external_id_secret_ref
+                        .as_ref()
+                        .is_some_and(|r| r.name == name))
         })
         .map(|s| ObjectRef::from_obj(s.as_ref()))
         .collect()

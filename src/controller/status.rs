@@ -137,18 +137,10 @@ impl<'a> StatusWriter<'a> {
                 if before == step.state {
                     continue;
                 }
-                let action = format!("{:?}", step.name);
+                let action = step.name.to_string();
                 let message = step.message.as_deref().unwrap_or_default();
+                // A step's start is in status; its end, an Event.
                 match step.state {
-                    StepState::Running if before == StepState::Pending => {
-                        self.event(
-                            EventType::Normal,
-                            "StepStarted",
-                            &action,
-                            &format!("{action} started ({})", op.trigger),
-                        )
-                        .await;
-                    }
                     StepState::Succeeded => {
                         self.record_duration(step);
                         let note = if message.is_empty() {

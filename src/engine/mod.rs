@@ -143,8 +143,28 @@ pub struct Engine<K, P> {
     pub probe: P,
     /// The KMS Region, part of the proxy's SigV4 scope.
     pub region: String,
+    /// The AWS account `kms` acts in, when known (claims are per account
+    /// and Region).
+    pub account: Option<String>,
     pub options: EngineOptions,
     pub clock: Box<dyn Clock>,
+}
+
+/// What [`Engine::preview`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Preview {
+    pub observed: Option<ObservedStore>,
+    pub verdict: PreviewVerdict,
+    /// Whether the credential in the Secret was compared with KMS's.
+    pub credential_compared: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PreviewVerdict {
+    /// A guard (or the claim rule) ends the pass before any change.
+    Refused { reason: String, message: String },
+    /// What the planner decides.
+    Decided(Decision),
 }
 
 /// What the guards let through: the pass may look at KMS.
@@ -169,9 +189,16 @@ impl<K: KeyStores, P: ProxyProbe> Engine<K, P> {
             kms,
             probe,
             region: region.into(),
+            account: None,
             options,
             clock: Box::new(SystemClock),
         }
+    }
+
+    /// The same engine, acting in `account`.
+    pub fn in_account(mut self, account: Option<String>) -> Self {
+        self.account = account;
+        self
     }
 
     /// One reconcile pass: runs as many steps as can run without waiting,
@@ -192,19 +219,110 @@ impl<K: KeyStores, P: ProxyProbe> Engine<K, P> {
             Ok(admitted) => admitted,
             Err(end) => return pass.conclude(end).await,
         };
-        let observed = match self.observe(req, &admitted, &mut pass).await {
-            Ok(observed) => observed,
-            Err(end) => return pass.conclude(end).await,
+        // An operation that just finished is followed at once by a look at
+        // what KMS reports: its last step, the phase and Ready are then one
+        // status write, not three.
+        for _ in 0..2 {
+            let observed = match self.observe(req, &admitted, &mut pass).await {
+                Ok(observed) => observed,
+                Err(end) => return pass.conclude(end).await,
+            };
+            let decision = plan::decide(&plan::PlanInput {
+                desired: &admitted.desired,
+                observed: observed.as_ref(),
+                applied_fingerprint: pass.status.credential_fingerprint.as_deref(),
+                recorded: pass.status.operation.as_ref(),
+                deleting: req.deleting,
+            });
+            match self
+                .dispatch(req, &admitted, observed, decision, &mut pass)
+                .await?
+            {
+                Flow::Done(outcome) => return Ok(outcome),
+                Flow::Finished => {}
+            }
+        }
+        pass.write().await?;
+        Ok(Outcome::Requeue(Duration::ZERO))
+    }
+
+    /// What a pass would do now, changing nothing and writing nothing: the
+    /// guards, the observation and the planner's decision, exactly as
+    /// `reconcile` computes them. Without the Secret (a GitOps repository
+    /// rarely holds it) the credential is taken as the one KMS has, and
+    /// the preview says it was not compared.
+    pub async fn preview(
+        &self,
+        req: &Request<'_>,
+        status: &ExternalKeyStoreStatus,
+    ) -> Result<Preview, KmsError> {
+        let mut status = status.clone();
+        let unknown_credential = req.credential.is_err();
+        let admitted = match self.guard(req, &mut status) {
+            Ok(admitted) => Some(admitted),
+            Err(end)
+                if unknown_credential && end.reason == ErrorCategory::CredentialSecret.reason() =>
+            {
+                None
+            }
+            Err(end) => {
+                return Ok(Preview {
+                    observed: None,
+                    verdict: PreviewVerdict::Refused {
+                        reason: end.reason,
+                        message: end.message,
+                    },
+                    credential_compared: !unknown_credential,
+                });
+            }
+        };
+        let observed = observe(&self.kms, req.resource, &status).await?;
+        let admitted = admitted.unwrap_or_else(|| {
+            let akid = observed
+                .as_ref()
+                .and_then(|s| s.proxy.as_ref())
+                .map(|p| p.access_key_id.clone())
+                .unwrap_or_default();
+            let credential = ProxyCredential::new(akid, "");
+            Admitted {
+                me: self.claimant(req.resource, &status),
+                desired: desired_state(req.resource, &credential, &self.options.fingerprint_key),
+                credential,
+            }
+        });
+        if let Some(store) = &observed
+            && let Some(claimed) = claims::yields_to(
+                &admitted.me.having_observed(&store.id, &store.name),
+                &req.rivals,
+            )
+        {
+            return Ok(Preview {
+                observed,
+                verdict: PreviewVerdict::Refused {
+                    reason: claims::REASON.into(),
+                    message: claimed.message(),
+                },
+                credential_compared: !unknown_credential,
+            });
+        }
+        // A credential not compared is taken as the one last applied.
+        let applied = if unknown_credential {
+            Some(admitted.desired.credential_fingerprint.clone())
+        } else {
+            status.credential_fingerprint.clone()
         };
         let decision = plan::decide(&plan::PlanInput {
             desired: &admitted.desired,
             observed: observed.as_ref(),
-            applied_fingerprint: pass.status.credential_fingerprint.as_deref(),
-            recorded: pass.status.operation.as_ref(),
+            applied_fingerprint: applied.as_deref(),
+            recorded: status.operation.as_ref(),
             deleting: req.deleting,
         });
-        self.dispatch(req, &admitted, observed, decision, &mut pass)
-            .await
+        Ok(Preview {
+            observed,
+            verdict: PreviewVerdict::Decided(decision),
+            credential_compared: !unknown_credential,
+        })
     }
 
     /// Everything that ends a pass before KMS is called: suspension, a
@@ -328,21 +446,23 @@ impl<K: KeyStores, P: ProxyProbe> Engine<K, P> {
         observed: Option<ObservedStore>,
         decision: Decision,
         pass: &mut Pass<'_, S>,
-    ) -> Result<Outcome, EngineError> {
+    ) -> Result<Flow, EngineError> {
         let observe_only = req.resource.spec.management_policy == ManagementPolicy::ObserveOnly;
         match decision {
             Decision::InSync => {
                 pass.clear_retry();
                 let (reason, message) = in_sync_words(observed.as_ref());
-                pass.conclude(Conclusion::new(
-                    Summary::Ready,
-                    reason,
-                    message,
-                    Outcome::InSync,
-                ))
-                .await
+                done(
+                    pass.conclude(Conclusion::new(
+                        Summary::Ready,
+                        reason,
+                        message,
+                        Outcome::InSync,
+                    ))
+                    .await,
+                )
             }
-            Decision::Release => Ok(Outcome::Released),
+            Decision::Release => Ok(Flow::Done(Outcome::Released)),
             Decision::Refuse { category, message } => {
                 let error = StepError::new(category, message);
                 let situation = Situation {
@@ -359,14 +479,14 @@ impl<K: KeyStores, P: ProxyProbe> Engine<K, P> {
                         calls: 0,
                     },
                 );
-                pass.conclude(end).await
+                done(pass.conclude(end).await)
             }
             Decision::Blocked { message } => {
                 // Keep the reason the change failed with, so it stays visible.
                 let reason = conditions::get(pass.status, conditions::STALLED)
                     .filter(|c| c.is_true())
                     .map_or_else(|| "Blocked".to_string(), |c| c.reason.clone());
-                pass.conclude(Conclusion::stalled(reason, message)).await
+                done(pass.conclude(Conclusion::stalled(reason, message)).await)
             }
             Decision::Start(new) => {
                 let now = pass.now();
@@ -384,8 +504,8 @@ impl<K: KeyStores, P: ProxyProbe> Engine<K, P> {
                 pass.status.operation = Some(op);
                 pass.clear_retry();
                 if observe_only {
-                    return pass
-                        .conclude(Conclusion::new(
+                    return done(
+                        pass.conclude(Conclusion::new(
                             Summary::Waiting,
                             "DriftDetected",
                             format!(
@@ -393,21 +513,23 @@ impl<K: KeyStores, P: ProxyProbe> Engine<K, P> {
                             ),
                             Outcome::Observed,
                         ))
-                        .await;
+                        .await,
+                    );
                 }
+                // Recorded with the first step's write: before its side
+                // effect, or with its result when it has none.
                 pass.set_conditions(
                     Summary::Progressing,
                     "OperationStarted",
                     &format!("{trigger}: {planned}"),
                 );
-                pass.write().await?;
                 self.run(req, admitted, observed, pass).await
             }
             Decision::Continue => {
                 if observe_only {
                     // The policy changed mid-way: stop changing things.
                     pass.write().await?;
-                    return Ok(Outcome::Observed);
+                    return Ok(Flow::Done(Outcome::Observed));
                 }
                 self.run(req, admitted, observed, pass).await
             }
@@ -425,7 +547,7 @@ impl<K: KeyStores, P: ProxyProbe> Engine<K, P> {
         admitted: &Admitted,
         observed: Option<ObservedStore>,
         pass: &mut Pass<'_, S>,
-    ) -> Result<Outcome, EngineError> {
+    ) -> Result<Flow, EngineError> {
         let gate = Gate {
             require_approval: req.resource.spec.disruptive_updates
                 == DisruptiveUpdates::RequireApproval,
@@ -435,7 +557,7 @@ impl<K: KeyStores, P: ProxyProbe> Engine<K, P> {
         let mut just_observed = Some(observed);
         loop {
             let Some(op) = pass.status.operation.as_mut() else {
-                return Ok(Outcome::InSync);
+                return Ok(Flow::Done(Outcome::InSync));
             };
             let index = match plan::next(op, gate) {
                 Next::Finish => return self.finish(pass).await,
@@ -450,14 +572,15 @@ impl<K: KeyStores, P: ProxyProbe> Engine<K, P> {
                     );
                     op.phase = OperationPhase::AwaitingApproval;
                     op.message = Some(message.clone());
-                    return pass
-                        .conclude(Conclusion::new(
+                    return done(
+                        pass.conclude(Conclusion::new(
                             Summary::Waiting,
                             "AwaitingApproval",
                             message,
                             Outcome::AwaitingApproval,
                         ))
-                        .await;
+                        .await,
+                    );
                 }
                 Next::Run(index) => index,
             };
@@ -489,7 +612,16 @@ impl<K: KeyStores, P: ProxyProbe> Engine<K, P> {
                 steps::StepResult::Done(message) => {
                     pass.mark(index, StepState::Succeeded, Some(message));
                     pass.clear_retry();
-                    pass.write().await?;
+                    // The last step's success is written with the pass's
+                    // conclusion (the phase and Ready), not on its own.
+                    if pass
+                        .status
+                        .operation
+                        .as_ref()
+                        .is_some_and(|op| plan::next(op, gate) != Next::Finish)
+                    {
+                        pass.write().await?;
+                    }
                 }
                 steps::StepResult::Wait(message) => {
                     pass.mark(index, StepState::Running, Some(message.clone()));
@@ -500,7 +632,7 @@ impl<K: KeyStores, P: ProxyProbe> Engine<K, P> {
                         &format!("{trigger}: {step_name}: {message}"),
                     );
                     pass.write().await?;
-                    return Ok(Outcome::Requeue(self.options.poll_interval));
+                    return Ok(Flow::Done(Outcome::Requeue(self.options.poll_interval)));
                 }
                 steps::StepResult::Failed(error) => {
                     let calls = pass
@@ -543,7 +675,7 @@ impl<K: KeyStores, P: ProxyProbe> Engine<K, P> {
                                 },
                                 delay,
                             );
-                            return pass.conclude(end).await;
+                            return done(pass.conclude(end).await);
                         }
                         Verdict::GiveUp => {
                             pass.mark(index, StepState::Failed, Some(error.message.clone()));
@@ -559,10 +691,9 @@ impl<K: KeyStores, P: ProxyProbe> Engine<K, P> {
                                 )
                             }) {
                                 pass.status.operation = Some(rolled);
-                                pass.write().await?;
                                 continue;
                             }
-                            return self.fail_operation(pass, step_name, &error).await;
+                            return done(self.fail_operation(pass, step_name, &error).await);
                         }
                     }
                 }
@@ -597,10 +728,10 @@ impl<K: KeyStores, P: ProxyProbe> Engine<K, P> {
             .await
     }
 
-    async fn finish<S: StatusSink>(&self, pass: &mut Pass<'_, S>) -> Result<Outcome, EngineError> {
+    async fn finish<S: StatusSink>(&self, pass: &mut Pass<'_, S>) -> Result<Flow, EngineError> {
         let now = pass.now();
         let Some(op) = pass.status.operation.as_mut() else {
-            return Ok(Outcome::InSync);
+            return Ok(Flow::Done(Outcome::InSync));
         };
         op.finished_at = Some(now);
         if op.phase == OperationPhase::RollingBack {
@@ -610,23 +741,23 @@ impl<K: KeyStores, P: ProxyProbe> Engine<K, P> {
                 op.message.clone().unwrap_or_default()
             );
             op.message = Some(message.clone());
-            return pass
-                .conclude(Conclusion::stalled("RolledBack", message))
-                .await;
+            return done(
+                pass.conclude(Conclusion::stalled("RolledBack", message))
+                    .await,
+            );
         }
         op.phase = OperationPhase::Succeeded;
         op.message = Some(format!("{}: done", op.trigger));
-        let deleted = op
+        if op
             .steps
             .iter()
-            .any(|s| s.name == crate::api::StepName::Delete);
-        pass.write().await?;
+            .any(|s| s.name == crate::api::StepName::Delete)
+        {
+            pass.write().await?;
+            return Ok(Flow::Done(Outcome::Released));
+        }
         // Whatever the steps did, Ready is decided by what KMS reports next.
-        Ok(if deleted {
-            Outcome::Released
-        } else {
-            Outcome::Requeue(Duration::ZERO)
-        })
+        Ok(Flow::Finished)
     }
 
     /// Ask the retry policy about a failure outside a step's run loop, and
@@ -699,10 +830,22 @@ impl<K: KeyStores, P: ProxyProbe> Engine<K, P> {
     /// The account and Region this engine acts in.
     pub fn scope(&self) -> Scope {
         Scope {
-            account: None,
+            account: self.account.clone(),
             region: self.region.clone(),
         }
     }
+}
+
+/// How dispatching a decision ended.
+enum Flow {
+    /// The pass is over: status written, the caller does this.
+    Done(Outcome),
+    /// The operation succeeded (not yet written): look at KMS again.
+    Finished,
+}
+
+fn done(concluded: Result<Outcome, EngineError>) -> Result<Flow, EngineError> {
+    concluded.map(Flow::Done)
 }
 
 /// Another resource holds the store: say so, change nothing.

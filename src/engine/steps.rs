@@ -42,7 +42,11 @@ impl StepError {
             } else {
                 format!("{doing}: {e}")
             },
-            reason: e.code().map(camel_reason),
+            // STS's code says less than "AssumeRoleFailed" would.
+            reason: match e {
+                KmsError::AssumeRole { .. } => None,
+                _ => e.code().map(camel_reason),
+            },
             connection_error_code: None,
         }
     }
@@ -76,6 +80,11 @@ impl StepError {
         }
     }
 }
+
+/// What a step that waits on KMS says, the same before its call and while
+/// it waits, so that waiting writes no status.
+const WAITING_DISCONNECTED: &str = "waiting for DISCONNECTED";
+const WAITING_CONNECTED: &str = "waiting for CONNECTED";
 
 /// `XKS_PROXY_NOT_REACHABLE` → `XksProxyNotReachable`;
 /// `XksProxyUriUnreachableException` → `XksProxyUriUnreachable`.
@@ -186,9 +195,34 @@ struct StepRun<'a, K, P> {
 }
 
 impl<K: KeyStores, P: ProxyProbe> StepRun<'_, K, P> {
-    /// Record "about to call" (state Running, one more call) before a side
-    /// effect, so a crash right after the call is recognised on resume.
-    async fn begin_call<S: StatusSink>(&self, pass: &mut Pass<'_, S>) -> Result<(), EngineError> {
+    /// Record "about to call" (state Running, one more call, what it does
+    /// and that the pass waits on it) before a side effect, so a crash right
+    /// after the call is recognised on resume. The step's later `Wait` with
+    /// the same words writes nothing new.
+    async fn begin_call<S: StatusSink>(
+        &self,
+        pass: &mut Pass<'_, S>,
+        doing: &str,
+    ) -> Result<(), EngineError> {
+        self.count_call(pass, Some(doing));
+        let (trigger, step) = pass
+            .status
+            .operation
+            .as_ref()
+            .map(|o| (o.trigger.clone(), o.steps.get(self.index).map(|s| s.name)))
+            .unwrap_or_default();
+        let step = step.map(|s| s.to_string()).unwrap_or_default();
+        pass.set_conditions(
+            super::conditions::Summary::Progressing,
+            "Waiting",
+            &format!("{trigger}: {step}: {doing}"),
+        );
+        pass.write().await
+    }
+
+    /// One more call of a step without a side effect on KMS (the proxy
+    /// checks): counted, not written on its own.
+    fn count_call<S: StatusSink>(&self, pass: &mut Pass<'_, S>, doing: Option<&str>) {
         let now = pass.now();
         if let Some(step) = pass
             .status
@@ -198,11 +232,13 @@ impl<K: KeyStores, P: ProxyProbe> StepRun<'_, K, P> {
         {
             step.state = StepState::Running;
             step.attempts += 1;
+            if let Some(doing) = doing {
+                step.message = Some(doing.to_string());
+            }
             if step.started_at.is_none() {
                 step.started_at = Some(now);
             }
         }
-        pass.write().await
     }
 
     fn target(&self, uri_endpoint: &str, uri_path: &str) -> ProxyTarget {
@@ -254,7 +290,7 @@ impl<K: KeyStores, P: ProxyProbe> StepRun<'_, K, P> {
         &mut self,
         pass: &mut Pass<'_, S>,
     ) -> Result<StepResult, EngineError> {
-        self.begin_call(pass).await?;
+        self.count_call(pass, None);
         let proxy = &self.desired.proxy;
         let target = self.target(&proxy.uri_endpoint, &proxy.uri_path);
         let health = match self.engine.probe.health(&target).await {
@@ -357,7 +393,7 @@ impl<K: KeyStores, P: ProxyProbe> StepRun<'_, K, P> {
                 Err(e) => return Ok(kms_failed(&e)),
             }
         }
-        self.begin_call(pass).await?;
+        self.begin_call(pass, "creating the store").await?;
         let req = CreateStore {
             name: self.desired.name.clone(),
             proxy: self.desired.proxy.clone(),
@@ -387,16 +423,10 @@ impl<K: KeyStores, P: ProxyProbe> StepRun<'_, K, P> {
         };
         match store.connection_state {
             ConnectionState::Disconnected => Ok(StepResult::Done("store is DISCONNECTED".into())),
-            ConnectionState::Disconnecting => Ok(StepResult::Wait(
-                "waiting for DISCONNECTED (KMS reports DISCONNECTING)".into(),
-            )),
+            ConnectionState::Disconnecting => Ok(StepResult::Wait(WAITING_DISCONNECTED.into())),
             ConnectionState::Connected | ConnectionState::Connecting | ConnectionState::Failed => {
-                self.request_disconnect(
-                    pass,
-                    &store.id,
-                    "disconnect requested; waiting for DISCONNECTED",
-                )
-                .await
+                self.request_disconnect(pass, &store.id, WAITING_DISCONNECTED)
+                    .await
             }
         }
     }
@@ -407,7 +437,7 @@ impl<K: KeyStores, P: ProxyProbe> StepRun<'_, K, P> {
         id: &str,
         waiting: &str,
     ) -> Result<StepResult, EngineError> {
-        self.begin_call(pass).await?;
+        self.begin_call(pass, waiting).await?;
         Ok(match self.engine.kms.disconnect(id).await {
             Ok(()) => StepResult::Wait(waiting.to_string()),
             Err(e) => kms_failed(&e),
@@ -465,7 +495,8 @@ impl<K: KeyStores, P: ProxyProbe> StepRun<'_, K, P> {
             vpc_endpoint_service_owner: (vpc && d.vpc_endpoint_service_owner)
                 .then(|| want.vpc_endpoint_service_owner.clone().unwrap_or_default()),
         };
-        self.begin_call(pass).await?;
+        self.begin_call(pass, &format!("updating {}", d.changed_fields().join(", ")))
+            .await?;
         match self.engine.kms.update(&req).await {
             Ok(()) => {
                 if d.credential {
@@ -492,7 +523,7 @@ impl<K: KeyStores, P: ProxyProbe> StepRun<'_, K, P> {
         let Some(proxy) = store.proxy.as_ref() else {
             return Ok(StepResult::Done("not an XKS store".into()));
         };
-        self.begin_call(pass).await?;
+        self.count_call(pass, None);
         let target = self.target(&proxy.uri_endpoint, &proxy.uri_path);
         match self.engine.probe.health(&target).await {
             Ok(h) if h.is_usable() => Ok(StepResult::Done(format!(
@@ -519,9 +550,7 @@ impl<K: KeyStores, P: ProxyProbe> StepRun<'_, K, P> {
         };
         match store.connection_state {
             ConnectionState::Connected => Ok(StepResult::Done("store is CONNECTED".into())),
-            ConnectionState::Connecting => Ok(StepResult::Wait(
-                "waiting for CONNECTED (KMS reports CONNECTING)".into(),
-            )),
+            ConnectionState::Connecting => Ok(StepResult::Wait(WAITING_CONNECTED.into())),
             ConnectionState::Disconnecting => Ok(StepResult::Wait(
                 "waiting for DISCONNECTED before connecting".into(),
             )),
@@ -552,11 +581,9 @@ impl<K: KeyStores, P: ProxyProbe> StepRun<'_, K, P> {
                 }))
             }
             ConnectionState::Disconnected => {
-                self.begin_call(pass).await?;
+                self.begin_call(pass, WAITING_CONNECTED).await?;
                 match self.engine.kms.connect(&store.id).await {
-                    Ok(()) => Ok(StepResult::Wait(
-                        "connect requested; waiting for CONNECTED".into(),
-                    )),
+                    Ok(()) => Ok(StepResult::Wait(WAITING_CONNECTED.into())),
                     Err(e) => Ok(kms_failed(&e)),
                 }
             }
@@ -577,7 +604,8 @@ impl<K: KeyStores, P: ProxyProbe> StepRun<'_, K, P> {
                 Err(e) => return Ok(kms_failed(&e)),
             }
         }
-        self.begin_call(pass).await?;
+        self.begin_call(pass, &format!("deleting store {id}"))
+            .await?;
         match self.engine.kms.delete(&id).await {
             Ok(()) => {
                 record_observation(pass.status, None);

@@ -13,9 +13,10 @@
 //! Requests carrying the proxy secret are never logged or put in errors: only
 //! the operation name and the KMS error code/message are.
 
+use super::identity::AssumedRole;
 use super::{CreateStore, KeyStores, KmsError, UpdateStore};
 use crate::model::{ConnectionState, Connectivity, ObservedStore, ProxyConfig, StoreKey};
-use aws_config::BehaviorVersion;
+use aws_config::{BehaviorVersion, SdkConfig};
 use aws_credential_types::Credentials;
 use aws_sdk_kms::config::Region;
 use aws_sdk_kms::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
@@ -104,6 +105,8 @@ pub struct AwsKeyStores {
     client: aws_sdk_kms::Client,
     limiter: Option<Arc<DefaultKeyedRateLimiter<&'static str>>>,
     stats: Arc<Mutex<KmsCallStats>>,
+    /// The role whose credentials the client uses, if not its own.
+    role: Option<String>,
 }
 
 impl fmt::Debug for AwsKeyStores {
@@ -124,21 +127,65 @@ fn default_timeouts() -> TimeoutConfig {
         .build()
 }
 
+/// The operator's own AWS configuration: the standard chain (env, profile,
+/// IRSA/Pod Identity, IMDS), so `AWS_REGION`, `AWS_ENDPOINT_URL_KMS`,
+/// `AWS_ENDPOINT_URL_STS` and `AWS_ENDPOINT_URL` apply; `region` overrides
+/// the chain's Region.
+pub async fn own_config(region: Option<String>) -> SdkConfig {
+    let mut loader =
+        aws_config::defaults(BehaviorVersion::latest()).timeout_config(default_timeouts());
+    if let Some(region) = region {
+        loader = loader.region(Region::new(region));
+    }
+    loader.load().await
+}
+
+/// A configuration for an emulator at `endpoint_url` (KMS and STS on one
+/// listener), with static dummy credentials. For tests and file mode.
+pub async fn emulator_config(endpoint_url: &str, region: &str) -> SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest())
+        .region(Region::new(region.to_owned()))
+        .endpoint_url(endpoint_url)
+        .credentials_provider(dummy_credentials())
+        .timeout_config(default_timeouts())
+        .load()
+        .await
+}
+
+fn dummy_credentials() -> Credentials {
+    Credentials::new(
+        "AKIAXKSOPERATORTEST0",
+        "xks-operator-dummy-secret-for-emulators",
+        None,
+        None,
+        "xks-operator-static",
+    )
+}
+
 impl AwsKeyStores {
-    /// The standard AWS config chain (env, profile, IRSA/Pod Identity, IMDS),
-    /// so `AWS_REGION`, `AWS_ENDPOINT_URL_KMS` and `AWS_ENDPOINT_URL` apply.
-    /// `region` overrides the chain's Region. Rate limited at
+    /// The standard AWS config chain (see [`own_config`]). Rate limited at
     /// [`DEFAULT_RATE_PER_SECOND`] per operation.
     pub async fn from_env(region: Option<String>) -> Self {
-        let mut loader =
-            aws_config::defaults(BehaviorVersion::latest()).timeout_config(default_timeouts());
-        if let Some(region) = region {
-            loader = loader.region(Region::new(region));
-        }
-        let config = loader.load().await;
+        let config = own_config(region).await;
         Self::from_client(aws_sdk_kms::Client::new(&config))
             .with_rate_limit(DEFAULT_RATE_PER_SECOND)
             .with_adaptive_retry()
+    }
+
+    /// KMS in `region`, as `base`'s identity or, given `role`, as that role
+    /// (assumed with `base`'s identity; the client's identity cache keeps
+    /// the credentials and refreshes them before they expire). Rate limited
+    /// at [`DEFAULT_RATE_PER_SECOND`] per operation, adaptive retry.
+    pub async fn new(base: &SdkConfig, region: &str, role: Option<&AssumedRole>) -> Self {
+        let mut config =
+            aws_sdk_kms::config::Builder::from(base).region(Region::new(region.to_owned()));
+        if let Some(role) = role {
+            config = config.credentials_provider(role.provider(base, region).await);
+        }
+        let mut kms = Self::from_client(aws_sdk_kms::Client::from_conf(config.build()))
+            .with_rate_limit(DEFAULT_RATE_PER_SECOND);
+        kms.role = role.map(|r| r.arn.clone());
+        kms.with_adaptive_retry()
     }
 
     /// Wraps a ready client, without rate limiting.
@@ -147,6 +194,7 @@ impl AwsKeyStores {
             client,
             limiter: None,
             stats: Arc::default(),
+            role: None,
         }
     }
 
@@ -157,13 +205,7 @@ impl AwsKeyStores {
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new(region.to_owned()))
             .endpoint_url(endpoint_url)
-            .credentials_provider(Credentials::new(
-                "AKIAXKSOPERATORTEST0",
-                "xks-operator-dummy-secret-for-emulators",
-                None,
-                None,
-                "xks-operator-static",
-            ))
+            .credentials_provider(dummy_credentials())
             .timeout_config(default_timeouts())
             .build();
         Self::from_client(aws_sdk_kms::Client::from_conf(config))
@@ -227,7 +269,15 @@ impl AwsKeyStores {
             .config()
             .to_builder()
             .retry_config(RetryConfig::adaptive().with_max_attempts(attempts))
-            .retry_partition(RetryPartition::custom(format!("xks-operator-kms-{region}")).build())
+            // Per account (role) and Region, as KMS's quota is: throttling
+            // in one account must not slow another's calls down.
+            .retry_partition(
+                RetryPartition::custom(format!(
+                    "xks-operator-kms-{region}-{}",
+                    self.role.as_deref().unwrap_or("own")
+                ))
+                .build(),
+            )
             .build();
         self.client = aws_sdk_kms::Client::from_conf(config);
         self
@@ -281,7 +331,7 @@ impl AwsKeyStores {
     where
         E: ProvideErrorMetadata + std::error::Error + 'static,
     {
-        let result = result.map_err(classify);
+        let result = result.map_err(|e| self.classify(e));
         let outcome = match &result {
             Ok(_) => OUTCOME_OK,
             Err(e) => e.code().unwrap_or(OUTCOME_TRANSPORT),
@@ -361,27 +411,36 @@ fn unexpected(message: String) -> KmsError {
     }
 }
 
-/// Service errors keep KMS's code and message; everything that did not yield
-/// an error code (no connection, timeout, unreadable answer) is Transport.
-/// Only the error and its sources are rendered: the SDK never includes the
-/// request body there.
-fn classify<E>(err: SdkError<E, HttpResponse>) -> KmsError
-where
-    E: ProvideErrorMetadata + std::error::Error + 'static,
-{
-    match &err {
-        SdkError::ServiceError(ctx) => match ctx.err().code().filter(|c| !c.is_empty()) {
-            Some(code) => KmsError::Service {
-                code: code.to_owned(),
-                message: ctx.err().message().unwrap_or_default().to_owned(),
+impl AwsKeyStores {
+    /// Service errors keep KMS's code and message; a failure to assume the
+    /// role is an AssumeRole error with STS's code; everything else that did
+    /// not yield an error code (no connection, timeout, unreadable answer)
+    /// is Transport. Only the error and its sources are rendered: the SDK
+    /// never includes the request body there.
+    fn classify<E>(&self, err: SdkError<E, HttpResponse>) -> KmsError
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        match &err {
+            SdkError::ServiceError(ctx) => match ctx.err().code().filter(|c| !c.is_empty()) {
+                Some(code) => KmsError::Service {
+                    code: code.to_owned(),
+                    message: ctx.err().message().unwrap_or_default().to_owned(),
+                },
+                None => KmsError::Transport(format!(
+                    "KMS answered HTTP {} without an error code",
+                    ctx.raw().status().as_u16()
+                )),
             },
-            None => KmsError::Transport(format!(
-                "KMS answered HTTP {} without an error code",
-                ctx.raw().status().as_u16()
-            )),
-        },
-        SdkError::TimeoutError(_) => KmsError::Transport("KMS did not answer in time".to_owned()),
-        _ => KmsError::Transport(DisplayErrorContext(&err).to_string()),
+            SdkError::TimeoutError(_) => {
+                KmsError::Transport("KMS did not answer in time".to_owned())
+            }
+            _ => self
+                .role
+                .as_deref()
+                .and_then(|role| super::identity::assume_role_failure(role, &err))
+                .unwrap_or_else(|| KmsError::Transport(DisplayErrorContext(&err).to_string())),
+        }
     }
 }
 

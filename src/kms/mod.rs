@@ -2,6 +2,7 @@
 //! classification of KMS answers. `aws` holds the adapter over aws-sdk-kms.
 
 pub mod aws;
+pub mod identity;
 
 use crate::error::{Class, ErrorCategory};
 use crate::model::{ObservedStore, ProxyConfig, ProxyCredential, StoreKey};
@@ -39,22 +40,48 @@ pub enum KmsError {
     Service { code: String, message: String },
     #[error("could not reach KMS: {0}")]
     Transport(String),
+    /// The credentials of an assumed role could not be had: STS refused or
+    /// failed. `code` is STS's error code, when it answered.
+    #[error("could not assume role {role}: {}{message}", code.as_deref().map(|c| format!("{c}: ")).unwrap_or_default())]
+    AssumeRole {
+        role: String,
+        code: Option<String>,
+        message: String,
+    },
 }
 
 impl KmsError {
     pub fn code(&self) -> Option<&str> {
         match self {
             Self::Service { code, .. } => Some(code),
+            Self::AssumeRole { code, .. } => code.as_deref(),
             Self::Transport(_) => None,
         }
     }
 
     pub fn category(&self) -> ErrorCategory {
-        let Self::Service { code, .. } = self else {
-            return ErrorCategory::Transient;
+        let code = match self {
+            Self::Transport(_) => return ErrorCategory::Transient,
+            Self::AssumeRole { code, .. } => {
+                return match code.as_deref() {
+                    // STS answers these when a call can pass by itself.
+                    Some("Throttling" | "ThrottlingException") => ErrorCategory::Throttled,
+                    Some(
+                        "ExpiredToken" | "RequestExpired" | "InternalFailure"
+                        | "ServiceUnavailable",
+                    )
+                    | None => ErrorCategory::Transient,
+                    // AccessDenied (trust policy, external id), a disabled
+                    // Region, a malformed role: for a person to fix.
+                    Some(_) => ErrorCategory::AssumeRoleFailed,
+                };
+            }
+            Self::Service { code, .. } => code,
         };
         match code.as_str() {
             "ThrottlingException" => ErrorCategory::Throttled,
+            // The SDK fetches fresh credentials on the next call.
+            "ExpiredTokenException" => ErrorCategory::Transient,
             "LimitExceededException" => ErrorCategory::LimitExceeded,
             "KMSInternalException"
             | "DependencyTimeoutException"

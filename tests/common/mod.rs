@@ -295,3 +295,36 @@ pub async fn wait_state(h: &Harness, id: &str, want: ConnectionState) {
     }
     panic!("store never reached {want}");
 }
+
+/// An engine of `h`'s emulator in `region`, acting as `role` (assumed
+/// through the emulator's STS) or as the default identity.
+pub async fn engine_as(
+    h: &Harness,
+    region: &str,
+    role: Option<&xks_operator::kms::identity::AssumedRole>,
+) -> Engine<AwsKeyStores, HttpProxyProbe> {
+    let base = xks_operator::kms::aws::emulator_config(&h.emu.kms_endpoint(), region).await;
+    let kms = AwsKeyStores::new(&base, region, role)
+        .await
+        .without_rate_limit();
+    let probe = HttpProxyProbe::new(ProbeOptions {
+        resolve: h.emu.proxy_resolve_map(),
+        timeout: Duration::from_secs(2),
+        ..ProbeOptions::default()
+    })
+    .expect("probe");
+    Engine::new(
+        kms,
+        probe,
+        region,
+        EngineOptions {
+            poll_interval: Duration::from_millis(20),
+            retry: xks_operator::retry::RetryPolicy::scaled(
+                Duration::from_millis(10),
+                Duration::from_millis(100),
+            ),
+            ..EngineOptions::default()
+        },
+    )
+    .in_account(role.and_then(|r| r.account()))
+}
