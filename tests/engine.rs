@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use std::sync::{Arc, Mutex};
+
 use std::time::Duration;
 
 use xks_emulator::config::{
@@ -531,16 +531,7 @@ async fn delete_refused_while_the_store_holds_keys_says_so() {
 /// secret, through create, rotation, a refused credential and an endpoint change.
 #[tokio::test]
 async fn the_secret_never_appears_in_status_or_logs() {
-    let logs = Arc::new(Mutex::new(Vec::<u8>::new()));
-    let writer = {
-        let logs = logs.clone();
-        move || LogWriter(logs.clone())
-    };
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(writer)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (logs, _guard) = logs::Captured::on_this_thread();
 
     let h = harness().await;
     let mut sink = Recorder::default();
@@ -563,7 +554,7 @@ async fn the_secret_never_appears_in_status_or_logs() {
     for s in &sink.writes {
         everything.push_str(&serde_yaml::to_string(s).expect("yaml"));
     }
-    everything.push_str(&String::from_utf8_lossy(&logs.lock().expect("logs")));
+    everything.push_str(&logs.text());
     assert!(everything.len() > 1000, "nothing captured");
     for secret in [
         DEMO_SECRET,
@@ -571,20 +562,6 @@ async fn the_secret_never_appears_in_status_or_logs() {
         "wrongSecretAccessKeyThatTheProxyDoesNotKnow0000",
     ] {
         assert!(!everything.contains(secret), "secret leaked");
-    }
-}
-
-struct LogWriter(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for LogWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if let Ok(mut v) = self.0.lock() {
-            v.extend_from_slice(buf);
-        }
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
     }
 }
 

@@ -3,8 +3,10 @@
 //! (operation from `X-Amz-Target`, JSON body) and answers with a per-test
 //! function, so each test states exactly what KMS says.
 
+#[path = "common/logs.rs"]
+mod logs;
+
 use std::collections::BTreeSet;
-use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -575,29 +577,9 @@ async fn rate_limiter_spaces_calls_per_operation() {
     );
 }
 
-/// Collects everything tracing prints, at every level.
-#[derive(Clone, Default)]
-struct LogBuffer(Arc<Mutex<Vec<u8>>>);
-
-impl Write for LogBuffer {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn the_secret_never_shows() {
-    let logs = LogBuffer::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (logs, _guard) = logs::Captured::on_this_thread();
 
     let (kms, mock) = start(|op, _| match op {
         "CreateCustomKeyStore" => Reply::Err(
@@ -634,7 +616,7 @@ async fn the_secret_never_shows() {
         SECRET
     );
 
-    let logged = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
+    let logged = logs.text();
     assert!(
         logged.contains("CreateCustomKeyStore"),
         "trace logs were captured"

@@ -4,8 +4,10 @@
 //! path. Every `ProbeError` mapping is covered, and no output carries the
 //! secret.
 
+#[path = "common/logs.rs"]
+mod logs;
+
 use std::collections::HashMap;
-use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -391,29 +393,9 @@ async fn tls_handshake_failure_is_tls() {
     assert!(matches!(err, ProbeError::Tls(_)), "{err:?}");
 }
 
-/// Collects everything tracing prints, at every level.
-#[derive(Clone, Default)]
-struct LogBuffer(Arc<Mutex<Vec<u8>>>);
-
-impl Write for LogBuffer {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn the_secret_never_shows() {
-    let logs = LogBuffer::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (logs, _guard) = logs::Captured::on_this_thread();
 
     let (base, _) = start().await;
     let probe = probe_to(&base, Duration::from_millis(200));
@@ -444,7 +426,7 @@ async fn the_secret_never_shows() {
     let e = tls.health(&target("healthy")).await.unwrap_err();
     outputs.push(format!("{e:?} {e} {tls:?}"));
 
-    let logged = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
+    let logged = logs.text();
     assert!(
         !logged.is_empty(),
         "the probe logs something at trace level"

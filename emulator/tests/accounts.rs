@@ -2,9 +2,9 @@
 //! aws-sdk-kms and aws-sdk-sts clients (and aws-config's AssumeRoleProvider)
 //! over HTTP, plus raw HTTP for the shapes of STS answers and errors.
 
-use std::io::Write;
+mod common;
+use common::Captured;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use aws_credential_types::Credentials;
@@ -31,32 +31,9 @@ const EXTERNAL_ID: &str = "tenant-7f3a-external-id";
 
 // --- log capture: issued secrets and tokens must never reach the logs -------
 
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
+/// The emulator's own logs (the SDK clients of these tests log too).
 fn logs() -> &'static Captured {
-    static LOGS: OnceLock<Captured> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let captured = Captured::default();
-        let writer = captured.clone();
-        // The emulator's own logs (the SDK clients of these tests log too).
-        let subscriber = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new("xks_emulator=trace"))
-            .with_writer(move || writer.clone())
-            .finish();
-        let _ = tracing::subscriber::set_global_default(subscriber);
-        captured
-    })
+    Captured::process_wide("xks_emulator=trace")
 }
 
 // --- set-up ----------------------------------------------------------------
@@ -1298,7 +1275,7 @@ async fn issued_secrets_never_appear_in_logs() {
         .external_id("a-wrong-external-id")
         .send()
         .await;
-    let text = String::from_utf8_lossy(&logs().0.lock().unwrap()).to_string();
+    let text = logs().text();
     assert!(
         text.contains("STS AssumeRole issued credentials"),
         "the issue is logged"

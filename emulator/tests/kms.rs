@@ -2,9 +2,9 @@
 //! input, uniqueness, quota and state rule of the contract, the proxy health
 //! checks KMS performs, async transitions, pagination, keys and faults.
 
-use std::io::Write;
+mod common;
+use common::Captured;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use aws_sdk_kms::Client;
@@ -36,31 +36,8 @@ const VPC_SERVICE: &str = "com.amazonaws.vpce.us-east-1.vpce-svc-0123456789abcde
 
 // --- log capture: secrets must never reach the logs ----------------------
 
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 fn logs() -> &'static Captured {
-    static LOGS: OnceLock<Captured> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let captured = Captured::default();
-        let writer = captured.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::TRACE)
-            .with_writer(move || writer.clone())
-            .finish();
-        let _ = tracing::subscriber::set_global_default(subscriber);
-        captured
-    })
+    Captured::process_wide("trace")
 }
 
 // --- set-up ----------------------------------------------------------------
@@ -1956,7 +1933,7 @@ async fn secrets_never_appear_in_logs() {
         .send()
         .await;
     emu.shutdown().await;
-    let text = String::from_utf8_lossy(&logs().0.lock().unwrap()).to_string();
+    let text = logs().text();
     assert!(
         text.contains("custom key store created"),
         "logs were not captured"

@@ -1,9 +1,8 @@
 //! The XKS proxy emulator over real HTTP on 127.0.0.1: raw requests signed
 //! here with aws-sigv4, and the emulated KMS side's `ProxyCaller`.
 
+mod common;
 use std::collections::HashMap;
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use aws_credential_types::Credentials;
@@ -871,30 +870,10 @@ async fn fleet_changes_at_run_time() {
 
 // --- secrets ------------------------------------------------------------------
 
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn secrets_never_reach_describe_logs_or_answers() {
-    let logs = Captured::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
     // current-thread runtime: the server tasks log through this subscriber too.
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (logs, _guard) = common::Captured::on_this_thread();
 
     let fleet = fleet();
     let base = serve(&fleet).await;
@@ -917,7 +896,7 @@ async fn secrets_never_reach_describe_logs_or_answers() {
     fleet.upsert(ProxyConfig::new(HOST, "no-leading-slash").with_credential(AKID, SECRET));
 
     let describe = fleet.describe().to_string();
-    let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let logs = logs.text();
     assert!(
         logs.contains("ConnectCustomKeyStore"),
         "kmsOperation is logged"

@@ -4,6 +4,8 @@
 //! every write and can "crash" at any of them.
 #![allow(dead_code)] // each test crate uses a different subset
 
+pub mod logs;
+
 use std::collections::HashMap;
 use std::time::Duration;
 
