@@ -53,6 +53,17 @@ fn copy(created: i64, extra: &str) -> ExternalKeyStore {
     )
 }
 
+/// default/payments, created at `created`, holding the store it created.
+async fn holding(h: &Harness, created: i64) -> (ExternalKeyStore, ExternalKeyStoreStatus) {
+    let a = holder(created);
+    let mut status = ExternalKeyStoreStatus::default();
+    assert_eq!(
+        pass(h, &a, &mut status, vec![], false).await,
+        Outcome::InSync
+    );
+    (a, status)
+}
+
 fn claimant(h: &Harness, res: &ExternalKeyStore, status: &ExternalKeyStoreStatus) -> Claimant {
     Claimant::of(
         res,
@@ -102,12 +113,7 @@ fn assert_claimed_by(status: &ExternalKeyStoreStatus, holder: &str) {
 #[tokio::test]
 async fn a_second_resource_naming_the_store_changes_nothing_and_names_the_holder() {
     let h = harness().await;
-    let a = holder(200);
-    let mut a_status = ExternalKeyStoreStatus::default();
-    assert_eq!(
-        pass(&h, &a, &mut a_status, vec![], false).await,
-        Outcome::InSync
-    );
+    let (a, mut a_status) = holding(&h, 200).await;
     let before = writes(&h);
 
     // Older than the holder, but the holder's status records the store.
@@ -137,9 +143,7 @@ async fn a_second_resource_naming_the_store_changes_nothing_and_names_the_holder
 #[tokio::test]
 async fn a_resource_pinning_the_holders_id_changes_nothing() {
     let h = harness().await;
-    let a = holder(200);
-    let mut a_status = ExternalKeyStoreStatus::default();
-    pass(&h, &a, &mut a_status, vec![], false).await;
+    let (a, a_status) = holding(&h, 200).await;
     let id = a_status.key_store_id.clone().expect("created");
     let before = writes(&h);
 
@@ -167,9 +171,7 @@ async fn a_resource_pinning_the_holders_id_changes_nothing() {
 #[tokio::test]
 async fn when_the_holder_is_deleted_with_retain_the_next_one_takes_over() {
     let h = harness().await;
-    let a = holder(100);
-    let mut a_status = ExternalKeyStoreStatus::default();
-    pass(&h, &a, &mut a_status, vec![], false).await;
+    let (a, a_status) = holding(&h, 100).await;
     let b = copy(200, "");
     let mut b_status = ExternalKeyStoreStatus::default();
     let rivals = vec![claimant(&h, &a, &a_status)];
@@ -194,9 +196,7 @@ async fn when_the_holder_is_deleted_with_retain_the_next_one_takes_over() {
 #[tokio::test]
 async fn a_non_holder_deleted_with_delete_leaves_the_store_alone() {
     let h = harness().await;
-    let a = holder(100);
-    let mut a_status = ExternalKeyStoreStatus::default();
-    pass(&h, &a, &mut a_status, vec![], false).await;
+    let (a, a_status) = holding(&h, 100).await;
     let before = writes(&h);
 
     let b = copy(200, "  deletionPolicy: Delete\n");
@@ -214,9 +214,7 @@ async fn a_non_holder_deleted_with_delete_leaves_the_store_alone() {
 #[tokio::test]
 async fn a_lost_status_does_not_change_the_holder() {
     let h = harness().await;
-    let a = holder(100);
-    let mut a_status = ExternalKeyStoreStatus::default();
-    pass(&h, &a, &mut a_status, vec![], false).await;
+    let (a, _a_status) = holding(&h, 100).await;
     let b = copy(200, "");
 
     // Both statuses lost (a restore without status): the oldest holds, and

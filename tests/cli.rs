@@ -42,6 +42,28 @@ fn run(args: &[&str]) -> Run {
     }
 }
 
+/// The embedded emulator with fast transitions, on a free port.
+async fn quick_emulator() -> emulator::RunningEmulator {
+    emulator::start(
+        EmulatorConfig {
+            connect_delay_ms: 30,
+            disconnect_delay_ms: 30,
+            ..EmulatorConfig::default()
+        },
+        ([127, 0, 0, 1], 0).into(),
+    )
+    .await
+    .expect("emulator")
+}
+
+/// `host=URL` for every proxy of `emu`, for `--proxy-resolve`.
+fn resolve_args(emu: &emulator::RunningEmulator) -> Vec<String> {
+    emu.proxy_resolve_map()
+        .into_iter()
+        .map(|(h, u)| format!("{h}={u}"))
+        .collect()
+}
+
 /// The public example with another endpoint, in a temporary directory with
 /// the Secret, as a GitOps change would look.
 fn changed_example(dir: &tempfile::TempDir, from: &str, to: &str) -> String {
@@ -59,22 +81,9 @@ fn changed_example(dir: &tempfile::TempDir, from: &str, to: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plan_and_reconcile_from_files() {
-    let emu = emulator::start(
-        EmulatorConfig {
-            connect_delay_ms: 30,
-            disconnect_delay_ms: 30,
-            ..EmulatorConfig::default()
-        },
-        ([127, 0, 0, 1], 0).into(),
-    )
-    .await
-    .expect("emulator");
+    let emu = quick_emulator().await;
     let kms = emu.kms_endpoint();
-    let resolve: Vec<String> = emu
-        .proxy_resolve_map()
-        .into_iter()
-        .map(|(h, u)| format!("{h}={u}"))
-        .collect();
+    let resolve = resolve_args(&emu);
     let store = examples("public-endpoint.yaml").display().to_string();
     let secret = examples("credentials-secret.yaml").display().to_string();
     let mut base = vec!["--kms-endpoint", kms.as_str()];
@@ -201,16 +210,7 @@ async fn plan_and_reconcile_from_files() {
 /// neither `plan` nor `reconcile` touches KMS for it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn file_mode_refuses_a_second_resource_claiming_the_same_store() {
-    let emu = emulator::start(
-        EmulatorConfig {
-            connect_delay_ms: 30,
-            disconnect_delay_ms: 30,
-            ..EmulatorConfig::default()
-        },
-        ([127, 0, 0, 1], 0).into(),
-    )
-    .await
-    .expect("emulator");
+    let emu = quick_emulator().await;
     let kms = emu.kms_endpoint();
     let dir = tempfile::tempdir().expect("tempdir");
     let path = changed_example(&dir, "xks-primary", "xks-primary");
@@ -250,11 +250,7 @@ async fn file_mode_refuses_a_second_resource_claiming_the_same_store() {
         "--kms-endpoint",
         kms.as_str(),
     ];
-    let resolve: Vec<String> = emu
-        .proxy_resolve_map()
-        .into_iter()
-        .map(|(h, u)| format!("{h}={u}"))
-        .collect();
+    let resolve = resolve_args(&emu);
     for r in &resolve {
         args.extend(["--proxy-resolve", r.as_str()]);
     }

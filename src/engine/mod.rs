@@ -183,6 +183,19 @@ struct Failure<'a> {
     calls: u32,
 }
 
+impl<'a> Failure<'a> {
+    /// A failure before any step ran (describing the store, the planner's
+    /// refusal).
+    fn outside_steps(error: &'a StepError, situation: Situation) -> Self {
+        Self {
+            step: None,
+            error,
+            situation,
+            calls: 0,
+        }
+    }
+}
+
 impl<K: KeyStores, P: ProxyProbe> Engine<K, P> {
     pub fn new(kms: K, probe: P, region: impl Into<String>, options: EngineOptions) -> Self {
         Self {
@@ -414,15 +427,7 @@ impl<K: KeyStores, P: ProxyProbe> Engine<K, P> {
             Err(e) => {
                 let error = StepError::from_kms(&e, "describing the store");
                 let situation = self.situation(pass.status, &admitted.desired);
-                return Err(self.failed(
-                    pass,
-                    Failure {
-                        step: None,
-                        error: &error,
-                        situation,
-                        calls: 0,
-                    },
-                ));
+                return Err(self.failed(pass, Failure::outside_steps(&error, situation)));
             }
         };
         if let Some(store) = &observed
@@ -470,15 +475,7 @@ impl<K: KeyStores, P: ProxyProbe> Engine<K, P> {
                         && admitted.desired.pinned_id.is_some(),
                     ..self.situation(pass.status, &admitted.desired)
                 };
-                let end = self.failed(
-                    pass,
-                    Failure {
-                        step: None,
-                        error: &error,
-                        situation,
-                        calls: 0,
-                    },
-                );
+                let end = self.failed(pass, Failure::outside_steps(&error, situation));
                 done(pass.conclude(end).await)
             }
             Decision::Blocked { message } => {

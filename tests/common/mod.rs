@@ -66,19 +66,7 @@ pub async fn harness_with(
         ..ProbeOptions::default()
     })
     .expect("probe");
-    let engine = Engine::new(
-        kms,
-        probe,
-        "us-east-1",
-        EngineOptions {
-            poll_interval: Duration::from_millis(20),
-            retry: xks_operator::retry::RetryPolicy::scaled(
-                Duration::from_millis(10),
-                Duration::from_millis(100),
-            ),
-            ..EngineOptions::default()
-        },
-    );
+    let engine = Engine::new(kms, probe, "us-east-1", fast_options());
     Harness {
         emu,
         engine,
@@ -315,18 +303,18 @@ pub async fn engine_as(
         ..ProbeOptions::default()
     })
     .expect("probe");
-    Engine::new(
-        kms,
-        probe,
-        region,
-        EngineOptions {
-            poll_interval: Duration::from_millis(20),
-            retry: xks_operator::retry::RetryPolicy::scaled(
-                Duration::from_millis(10),
-                Duration::from_millis(100),
-            ),
-            ..EngineOptions::default()
-        },
-    )
-    .in_account(role.and_then(|r| r.account()))
+    Engine::new(kms, probe, region, fast_options()).in_account(role.and_then(|r| r.account()))
+}
+
+/// The engine's waits at test speed: polls every 20 ms, retries after
+/// 10-100 ms.
+pub fn fast_options() -> EngineOptions {
+    EngineOptions {
+        poll_interval: Duration::from_millis(20),
+        retry: xks_operator::retry::RetryPolicy::scaled(
+            Duration::from_millis(10),
+            Duration::from_millis(100),
+        ),
+        ..EngineOptions::default()
+    }
 }

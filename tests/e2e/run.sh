@@ -86,6 +86,10 @@ fi
 
 t=$SECONDS
 set +e
+# This suite only (not the repository's other Python suites), unless told.
+if [[ $# -eq 0 ]]; then
+  set -- "$here"
+fi
 "$py" -m pytest -c "$here/pytest.ini" -p no:cacheprovider -rfE --durations=8 "$@"
 rc=$?
 set -e

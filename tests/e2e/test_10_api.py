@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import ensure_namespace
 from harness import ROOT, eventually
 
 CRD_FILE = ROOT / "crds" / "externalkeystores.xks-operator.io.yaml"
@@ -108,6 +109,12 @@ def test_no_warning_when_the_crd_is_applied(kubectl, crds):
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
 def test_no_warning_when_an_example_is_applied(kubectl, crds, path):
+    # An example may live in a namespace of its own (cross-account.yaml:
+    # team-b), which a user creates first; so does the test.
+    for doc in yaml.safe_load_all(path.read_text()):
+        namespace = ((doc or {}).get("metadata") or {}).get("namespace")
+        if namespace:
+            ensure_namespace(kubectl, namespace)
     proc = kubectl.run("apply", "--dry-run=server", "-f", str(path), check=False)
     assert proc.returncode == 0, f"{path.name}: {proc.stderr.strip()}"
     assert not warnings(proc.stderr), f"the API server warns about {path.name}:\n{proc.stderr}"
