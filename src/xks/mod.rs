@@ -74,11 +74,17 @@ impl KeyMetadata {
 /// Why a proxy call failed. Never carries the secret.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ProbeError {
-    #[error("the proxy rejected the credential (401 AuthenticationFailedException)")]
+    #[error(
+        "the proxy rejected the credential (401 AuthenticationFailedException): it does not (or no longer) accept this access key id and secret; the credentials Secret and the proxy's configuration disagree"
+    )]
     AuthenticationFailed,
-    #[error("the proxy denied access (403 AccessDeniedException)")]
+    #[error(
+        "the proxy denied access (403 AccessDeniedException): its authorization policy does not (or no longer) allow this credential"
+    )]
     AccessDenied,
-    #[error("the proxy does not serve this URI path (404 InvalidUriPathException)")]
+    #[error(
+        "the proxy does not serve this URI path (404 InvalidUriPathException): compare spec.proxy.uriPath with the proxy's configuration"
+    )]
     InvalidUriPath,
     #[error("the proxy does not know this external key (404 KeyNotFoundException)")]
     KeyNotFound,
@@ -86,7 +92,9 @@ pub enum ProbeError {
     Throttled,
     #[error("the proxy could not be reached: {0}")]
     Unreachable(String),
-    #[error("the proxy did not answer in time")]
+    #[error(
+        "the proxy did not answer in time: it is overloaded or hangs, or a firewall drops the traffic without refusing it"
+    )]
     TimedOut,
     #[error("TLS handshake with the proxy failed: {0}")]
     Tls(String),

@@ -138,7 +138,7 @@ impl HttpProxyProbe {
             request = request.header(name.as_str(), value.as_str());
         }
 
-        let outcome = self.exchange(request).await;
+        let outcome = self.exchange(request, &host_header).await;
         tracing::debug!(
             proxy = %host_header,
             path = %path,
@@ -148,11 +148,16 @@ impl HttpProxyProbe {
         outcome
     }
 
-    async fn exchange(&self, request: reqwest::RequestBuilder) -> Result<Vec<u8>, ProbeError> {
-        let mut response = request.send().await.map_err(transport_error)?;
+    async fn exchange(
+        &self,
+        request: reqwest::RequestBuilder,
+        host: &str,
+    ) -> Result<Vec<u8>, ProbeError> {
+        let failed = |e| transport_error(e, host);
+        let mut response = request.send().await.map_err(failed)?;
         let status = response.status();
         let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(transport_error)? {
+        while let Some(chunk) = response.chunk().await.map_err(failed)? {
             if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
                 return Err(ProbeError::InvalidResponse(format!(
                     "the answer is larger than {MAX_RESPONSE_BYTES} bytes"
@@ -233,23 +238,84 @@ fn error_name(body: &[u8]) -> String {
         .collect()
 }
 
-fn transport_error(e: reqwest::Error) -> ProbeError {
+/// A transport failure in words a person can act on: which of DNS, the
+/// TCP connection, TLS or the wait failed, and what usually causes it.
+/// `host` is the proxy's (`host[:port]` of the URI endpoint), not where a
+/// test's resolve map sent the request; the error chain keeps the details.
+fn transport_error(e: reqwest::Error, host: &str) -> ProbeError {
     if e.is_timeout() {
         return ProbeError::TimedOut;
     }
-    if let Some(tls) = tls_error(&e) {
+    if let Some(tls) = tls_error(&e, host) {
         return ProbeError::Tls(tls);
     }
-    ProbeError::Unreachable(error_chain(&e))
+    ProbeError::Unreachable(unreachable_words(&e, host))
 }
 
-/// The rustls error somewhere in the chain, if the failure is a TLS one.
-/// Connectors wrap it in `io::Error`s (even nested ones), which hide
-/// their inner error from `source()`, so those are unwrapped too.
-fn tls_error(e: &reqwest::Error) -> Option<String> {
-    fn unwrap(err: &(dyn std::error::Error + 'static)) -> Option<String> {
+fn unreachable_words(e: &reqwest::Error, host: &str) -> String {
+    use std::io::ErrorKind;
+    let chain = error_chain(e);
+    let lower = chain.to_ascii_lowercase();
+    let name = host.rsplit_once(':').map_or(host, |(name, _)| name);
+    if lower.contains("dns error")
+        || lower.contains("failed to lookup address")
+        || lower.contains("name or service not known")
+        || lower.contains("no such host")
+    {
+        return format!(
+            "the host name {name} does not resolve (DNS lookup failed): check spec.proxy.uriEndpoint and that DNS, as the operator's pod sees it, knows the name ({chain})"
+        );
+    }
+    match io_error_kind(e) {
+        Some(ErrorKind::ConnectionRefused) => format!(
+            "{host} refused the connection: nothing listens on the proxy's port, or a firewall rejects the connection ({chain})"
+        ),
+        Some(ErrorKind::HostUnreachable | ErrorKind::NetworkUnreachable) => format!(
+            "no network route from the operator to {host}: check the network path (routes, NetworkPolicy, egress rules) ({chain})"
+        ),
+        Some(
+            ErrorKind::ConnectionReset
+            | ErrorKind::ConnectionAborted
+            | ErrorKind::BrokenPipe
+            | ErrorKind::UnexpectedEof,
+        ) => closed_words(host, &chain),
+        _ if lower.contains("connection closed") || lower.contains("incomplete message") => {
+            closed_words(host, &chain)
+        }
+        _ => format!("cannot connect to {host}: {chain}"),
+    }
+}
+
+fn closed_words(host: &str, chain: &str) -> String {
+    format!(
+        "the connection to {host} was closed before the proxy answered: the proxy (or a load balancer in front of it) dropped the request ({chain})"
+    )
+}
+
+/// The kind of the first `io::Error` in the chain (connectors nest them).
+fn io_error_kind(e: &reqwest::Error) -> Option<std::io::ErrorKind> {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = next {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return match io.get_ref() {
+                Some(inner) if inner.downcast_ref::<std::io::Error>().is_some() => inner
+                    .downcast_ref::<std::io::Error>()
+                    .map(std::io::Error::kind),
+                _ => Some(io.kind()),
+            };
+        }
+        next = err.source();
+    }
+    None
+}
+
+/// The rustls error somewhere in the chain, in words, if the failure is a
+/// TLS one. Connectors wrap it in `io::Error`s (even nested ones), which
+/// hide their inner error from `source()`, so those are unwrapped too.
+fn tls_error(e: &reqwest::Error, host: &str) -> Option<String> {
+    fn unwrap<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
         if let Some(tls) = err.downcast_ref::<rustls::Error>() {
-            return Some(tls.to_string());
+            return Some(tls);
         }
         if let Some(inner) = err
             .downcast_ref::<std::io::Error>()
@@ -262,11 +328,38 @@ fn tls_error(e: &reqwest::Error) -> Option<String> {
     let mut next: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = next {
         if let Some(tls) = unwrap(err) {
-            return Some(tls);
+            return Some(tls_words(tls, host));
         }
         next = err.source();
     }
     None
+}
+
+fn tls_words(e: &rustls::Error, host: &str) -> String {
+    use rustls::CertificateError as C;
+    let name = host.rsplit_once(':').map_or(host, |(name, _)| name);
+    let words = match e {
+        rustls::Error::InvalidCertificate(C::UnknownIssuer) => "the proxy's certificate is not signed by a public certificate authority (KMS requires one, and the operator trusts the same roots)".to_string(),
+        rustls::Error::InvalidCertificate(
+            C::NotValidForName | C::NotValidForNameContext { .. },
+        ) => {
+            format!("the proxy's certificate is not valid for the host name {name}")
+        }
+        rustls::Error::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => {
+            "the proxy's certificate has expired".to_string()
+        }
+        rustls::Error::InvalidCertificate(C::NotValidYet | C::NotValidYetContext { .. }) => {
+            "the proxy's certificate is not valid yet (or a clock is wrong)".to_string()
+        }
+        rustls::Error::InvalidCertificate(C::Revoked) => {
+            "the proxy's certificate is revoked".to_string()
+        }
+        rustls::Error::InvalidMessage(_) => {
+            format!("{host} does not speak TLS (plain HTTP on an HTTPS endpoint?)")
+        }
+        _ => return e.to_string(),
+    };
+    format!("{words} ({e})")
 }
 
 fn error_chain(e: &reqwest::Error) -> String {
