@@ -44,6 +44,83 @@ pub struct ExternalKeyStoreStatus {
     /// absent when nothing is being retried.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<RetryStatus>,
+    /// The store's proxy as the operator's own GetHealthStatus call last
+    /// saw it (`proxyChecks: Direct` only); the `ProxyHealthy` condition
+    /// says whether it is healthy and, when the call failed, why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_health: Option<ProxyHealth>,
+}
+
+/// What the proxy health watch found. Key manager ids and vendor names are
+/// the proxy's own words, never a secret.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxyHealth {
+    /// When the operator called GetHealthStatus (RFC 3339). Written when
+    /// the result changes, else at most every 15 minutes (each status write
+    /// costs the API server a write and every watcher an event); the metric
+    /// `xks_operator_proxy_health_checked_timestamp_seconds` has every call.
+    pub checked_at: String,
+    /// `xksProxyFleetSize`: proxy instances behind the endpoint. Absent
+    /// when the call failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "optional_count_schema")]
+    pub fleet_size: Option<u32>,
+    /// `xksProxyVendor`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_vendor: Option<String>,
+    /// `xksProxyModel`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_model: Option<String>,
+    /// `ekmVendor`: the vendor of the external key managers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ekm_vendor: Option<String>,
+    /// `ekmFleetDetails`: each external key manager and its health. Empty
+    /// when the call failed (the health is then unknown).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub key_managers: Vec<KeyManagerHealthStatus>,
+}
+
+/// One external key manager behind the proxy.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyManagerHealthStatus {
+    /// Its id, as the proxy reports it.
+    pub id: String,
+    /// Its model, as the proxy reports it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub model: String,
+    pub health: KeyManagerHealthState,
+}
+
+/// `healthStatus` of a key manager, as the XKS proxy API spells it.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum KeyManagerHealthState {
+    /// Serves requests.
+    Active,
+    /// Serves requests, with less capacity or redundancy.
+    Degraded,
+    /// Serves nothing.
+    Unavailable,
+}
+
+impl KeyManagerHealthState {
+    pub const ALL: [Self; 3] = [Self::Active, Self::Degraded, Self::Unavailable];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "ACTIVE",
+            Self::Degraded => "DEGRADED",
+            Self::Unavailable => "UNAVAILABLE",
+        }
+    }
+}
+
+impl fmt::Display for KeyManagerHealthState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// A failure the operator retries by itself, with backoff.
@@ -211,6 +288,10 @@ fn count_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
         "format": "int32",
         "minimum": 0
     })
+}
+
+fn optional_count_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    count_schema(generator)
 }
 
 impl Step {
