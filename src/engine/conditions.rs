@@ -113,4 +113,32 @@ mod tests {
         );
         assert_eq!(s.conditions.len(), 3);
     }
+
+    #[test]
+    fn other_conditions_are_left_as_they_are() {
+        // ProxyHealthy (the proxy health watch's) is not kstatus's: the
+        // three are set around it, never over it.
+        let proxy = Condition {
+            type_: "ProxyHealthy".into(),
+            status: ConditionStatus::False,
+            reason: "Unreachable".into(),
+            message: "the proxy did not answer in time".into(),
+            last_transition_time: "t0".into(),
+            observed_generation: None,
+        };
+        let mut s = ExternalKeyStoreStatus {
+            conditions: vec![proxy.clone()],
+            ..Default::default()
+        };
+        for summary in [
+            Summary::Progressing,
+            Summary::Ready,
+            Summary::Stalled,
+            Summary::Waiting,
+        ] {
+            set(&mut s, summary, "Why", "what", Some(2), "t1");
+            assert_eq!(get(&s, "ProxyHealthy"), Some(&proxy));
+            assert_eq!(s.conditions.len(), 4);
+        }
+    }
 }
