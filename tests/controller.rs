@@ -5,16 +5,14 @@
 //! make. The fake API server keeps the object, so a test can run several
 //! passes the way the controller would.
 
-use axum::body::{Body as ResponseBody, Bytes};
-use futures::channel::mpsc;
-use http::{Request, Response, StatusCode};
-use http_body_util::BodyExt;
-use kube::client::Body;
+mod support;
+
 use kube::runtime::controller::Action;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use support::*;
 use xks_operator::api::{ExternalKeyStore, FINALIZER};
 use xks_operator::controller::metrics::Metrics;
 use xks_operator::controller::{Backend, Context, Settings, reconcile};
@@ -25,20 +23,6 @@ use xks_operator::xks::{
     HealthReport, KeyManagerHealth, KeyManagerStatus, KeyMetadata, ProbeError, ProxyProbe,
     ProxyTarget,
 };
-
-const NS: &str = "default";
-const NAME: &str = "payments";
-const AKID: &str = "XKSDEMOKEYIDPRIMARYA";
-const SECRET: &str = "demoSecretAccessKeyForTheXksProxyPrimary0123456789";
-const STORE_PATH: &str =
-    "/apis/xks-operator.io/v1alpha1/namespaces/default/externalkeystores/payments";
-const STATUS_PATH: &str =
-    "/apis/xks-operator.io/v1alpha1/namespaces/default/externalkeystores/payments/status";
-const SECRET_PATH: &str = "/api/v1/namespaces/default/secrets/xks-proxy-credential";
-const EVENTS_PATH: &str = "/apis/events.k8s.io/v1/namespaces/default/events";
-/// The cluster-wide list/watch paths the Controller uses.
-const STORES_PATH: &str = "/apis/xks-operator.io/v1alpha1/externalkeystores";
-const SECRETS_PATH: &str = "/api/v1/secrets";
 
 // ---------------------------------------------------------------- fake KMS
 
@@ -241,295 +225,6 @@ impl Backend for FakeBackend {
     }
 }
 
-// --------------------------------------------------------- fake API server
-
-#[derive(Clone, Debug)]
-struct Call {
-    method: String,
-    path: String,
-    query: String,
-    content_type: String,
-    body: Value,
-}
-
-impl Call {
-    fn is(&self, method: &str, path: &str) -> bool {
-        self.method == method && self.path == path
-    }
-}
-
-type WatchSender = mpsc::UnboundedSender<Result<Bytes, std::io::Error>>;
-
-#[derive(Default)]
-struct ApiState {
-    /// None once deleted (the last finalizer went away while deleting).
-    object: Option<Value>,
-    secret: Option<Value>,
-    calls: Vec<Call>,
-    resource_version: u64,
-    /// Open watches, fed with the changes this fake makes.
-    store_watch: Option<WatchSender>,
-    secret_watch: Option<WatchSender>,
-}
-
-impl ApiState {
-    fn notify(watch: &Option<WatchSender>, type_: &str, object: &Value) {
-        if let Some(tx) = watch {
-            let mut line = serde_json::to_vec(&json!({"type": type_, "object": object})).unwrap();
-            line.push(b'\n');
-            let _ = tx.unbounded_send(Ok(Bytes::from(line)));
-        }
-    }
-}
-
-#[derive(Clone)]
-struct ApiServer(Arc<Mutex<ApiState>>);
-
-impl ApiServer {
-    /// A client whose every request is answered by this fake.
-    fn start(
-        object: Value,
-        secret: Option<Value>,
-    ) -> (Self, kube::Client, tokio::task::JoinHandle<()>) {
-        let server = Self(Arc::new(Mutex::new(ApiState {
-            object: Some(object),
-            secret,
-            resource_version: 100,
-            ..ApiState::default()
-        })));
-        let (service, mut handle) =
-            tower_test::mock::pair::<Request<Body>, Response<ResponseBody>>();
-        let task = tokio::spawn({
-            let server = server.clone();
-            async move {
-                while let Some((request, respond)) = handle.next_request().await {
-                    let response = server.answer(request).await;
-                    respond.send_response(response);
-                }
-            }
-        });
-        (server, kube::Client::new(service, NS), task)
-    }
-
-    async fn answer(&self, request: Request<Body>) -> Response<ResponseBody> {
-        let (parts, body) = request.into_parts();
-        let bytes = body
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
-        let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        let call = Call {
-            method: parts.method.to_string(),
-            path: parts.uri.path().to_string(),
-            query: parts.uri.query().unwrap_or_default().to_string(),
-            content_type: parts
-                .headers
-                .get(http::header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default()
-                .to_string(),
-            body: body.clone(),
-        };
-        let mut state = self.0.lock().unwrap();
-        state.calls.push(call.clone());
-        let watching = call.query.split('&').any(|q| q == "watch=true");
-        let (status, payload) = match (call.method.as_str(), call.path.as_str()) {
-            ("GET", STORES_PATH | SECRETS_PATH) if watching => {
-                let (tx, rx) = mpsc::unbounded();
-                if call.path == STORES_PATH {
-                    state.store_watch = Some(tx);
-                } else {
-                    state.secret_watch = Some(tx);
-                }
-                return Response::builder()
-                    .header(http::header::CONTENT_TYPE, "application/json")
-                    .body(ResponseBody::from_stream(rx))
-                    .unwrap();
-            }
-            ("GET", STORES_PATH) => {
-                let items: Vec<Value> = state.object.iter().cloned().collect();
-                let rv = state.resource_version.to_string();
-                (
-                    StatusCode::OK,
-                    json!({"apiVersion": "xks-operator.io/v1alpha1", "kind": "ExternalKeyStoreList",
-                                        "metadata": {"resourceVersion": rv}, "items": items}),
-                )
-            }
-            ("GET", SECRETS_PATH) => {
-                let items: Vec<Value> = state.secret.iter().cloned().collect();
-                let rv = state.resource_version.to_string();
-                (
-                    StatusCode::OK,
-                    json!({"apiVersion": "v1", "kind": "SecretList",
-                                        "metadata": {"resourceVersion": rv}, "items": items}),
-                )
-            }
-            ("GET", SECRET_PATH) => match &state.secret {
-                Some(s) => (StatusCode::OK, s.clone()),
-                None => not_found("secrets", "xks-proxy-credential"),
-            },
-            ("PATCH", STATUS_PATH) => {
-                state.resource_version += 1;
-                let rv = state.resource_version.to_string();
-                match state.object.as_mut() {
-                    Some(obj) => {
-                        obj["status"] = body["status"].clone();
-                        obj["metadata"]["resourceVersion"] = rv.into();
-                        let updated = obj.clone();
-                        ApiState::notify(&state.store_watch, "MODIFIED", &updated);
-                        (StatusCode::OK, updated)
-                    }
-                    None => not_found("externalkeystores", NAME),
-                }
-            }
-            ("PATCH", STORE_PATH) => {
-                let current_rv = state.resource_version.to_string();
-                state.resource_version += 1;
-                let rv = state.resource_version.to_string();
-                let Some(obj) = state.object.as_mut() else {
-                    let (s, v) = not_found("externalkeystores", NAME);
-                    return respond_with(s, v);
-                };
-                let wanted_rv = &body["metadata"]["resourceVersion"];
-                if !wanted_rv.is_null() && wanted_rv != &Value::String(current_rv) {
-                    (
-                        StatusCode::CONFLICT,
-                        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "Conflict", "code": 409, "message": "the object has been modified"}),
-                    )
-                } else {
-                    obj["metadata"]["finalizers"] = body["metadata"]["finalizers"].clone();
-                    obj["metadata"]["resourceVersion"] = rv.into();
-                    let updated = obj.clone();
-                    let released = updated["metadata"]["deletionTimestamp"].is_string()
-                        && updated["metadata"]["finalizers"]
-                            .as_array()
-                            .is_none_or(|f| f.is_empty());
-                    if released {
-                        state.object = None;
-                        ApiState::notify(&state.store_watch, "DELETED", &updated);
-                    } else {
-                        ApiState::notify(&state.store_watch, "MODIFIED", &updated);
-                    }
-                    (StatusCode::OK, updated)
-                }
-            }
-            ("POST", EVENTS_PATH) => (StatusCode::CREATED, body),
-            ("PATCH", p) if p.starts_with(EVENTS_PATH) => (StatusCode::OK, body),
-            _ => not_found("unknown", &call.path),
-        };
-        respond_with(status, payload)
-    }
-
-    fn object(&self) -> Option<ExternalKeyStore> {
-        let state = self.0.lock().unwrap();
-        state
-            .object
-            .clone()
-            .map(|o| serde_json::from_value(o).expect("a valid ExternalKeyStore"))
-    }
-
-    fn calls(&self) -> Vec<Call> {
-        self.0.lock().unwrap().calls.clone()
-    }
-
-    fn clear_calls(&self) {
-        self.0.lock().unwrap().calls.clear();
-    }
-
-    /// Someone rotates the credential: the Secret changes, the resource not.
-    fn rotate_secret(&self, new_secret: &str) {
-        use base64::Engine;
-        let mut state = self.0.lock().unwrap();
-        state.resource_version += 1;
-        let rv = state.resource_version.to_string();
-        if let Some(secret) = state.secret.as_mut() {
-            secret["data"]["secretAccessKey"] = base64::engine::general_purpose::STANDARD
-                .encode(new_secret)
-                .into();
-            secret["metadata"]["resourceVersion"] = rv.into();
-            let updated = secret.clone();
-            ApiState::notify(&state.secret_watch, "MODIFIED", &updated);
-        }
-    }
-}
-
-fn respond_with(status: StatusCode, body: Value) -> Response<ResponseBody> {
-    Response::builder()
-        .status(status)
-        .header(http::header::CONTENT_TYPE, "application/json")
-        .body(ResponseBody::from(serde_json::to_vec(&body).unwrap()))
-        .unwrap()
-}
-
-fn not_found(kind: &str, name: &str) -> (StatusCode, Value) {
-    (
-        StatusCode::NOT_FOUND,
-        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404,
-               "message": format!("{kind} \"{name}\" not found")}),
-    )
-}
-
-// ---------------------------------------------------------------- fixtures
-
-fn resource(spec_extra: Value, metadata_extra: Value, status: Option<Value>) -> Value {
-    let mut obj = json!({
-        "apiVersion": "xks-operator.io/v1alpha1",
-        "kind": "ExternalKeyStore",
-        "metadata": {
-            "name": NAME, "namespace": NS, "uid": "8b0c7e42-0000-4000-8000-000000000001",
-            "generation": 1, "resourceVersion": "100"
-        },
-        "spec": {
-            "region": "eu-west-1",
-            "proxy": {
-                "uriEndpoint": "https://xks.example.com",
-                "uriPath": "/kms/xks/v1",
-                "credentialsSecretRef": {"name": "xks-proxy-credential"}
-            }
-        }
-    });
-    merge(&mut obj["spec"], spec_extra);
-    merge(&mut obj["metadata"], metadata_extra);
-    if let Some(s) = status {
-        obj["status"] = s;
-    }
-    obj
-}
-
-fn merge(target: &mut Value, extra: Value) {
-    if let (Some(t), Value::Object(e)) = (target.as_object_mut(), extra) {
-        for (k, v) in e {
-            t.insert(k, v);
-        }
-    }
-}
-
-fn secret() -> Value {
-    use base64::Engine;
-    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-    json!({
-        "apiVersion": "v1", "kind": "Secret",
-        "metadata": {"name": "xks-proxy-credential", "namespace": NS},
-        "data": {"accessKeyId": b64(AKID), "secretAccessKey": b64(SECRET)}
-    })
-}
-
-fn with_finalizer() -> Value {
-    json!({"finalizers": [FINALIZER]})
-}
-
-/// A status as the operator left it after an earlier pass that found the
-/// store in sync (so no initial status is written).
-fn recorded_status(id: &str) -> Value {
-    json!({
-        "observedGeneration": 1,
-        "keyStoreId": id,
-        "conditions": [{"type": "Ready", "status": "True", "reason": "Connected", "message": "ok",
-                        "lastTransitionTime": "2026-01-01T00:00:00Z", "observedGeneration": 1}]
-    })
-}
-
 struct Harness {
     api: ApiServer,
     kms: FakeKms,
@@ -610,6 +305,11 @@ impl Drop for Harness {
     }
 }
 
+/// The controller looks again after a while (not only on a change).
+fn requeued(action: &Action) -> bool {
+    format!("{action:?}").contains("requeue_after: Some")
+}
+
 fn assert_ssa_status(call: &Call) {
     assert!(call.is("PATCH", STATUS_PATH), "{call:?}");
     assert!(
@@ -621,13 +321,6 @@ fn assert_ssa_status(call: &Call) {
     assert_eq!(call.content_type, "application/apply-patch+yaml");
     assert_eq!(call.body["apiVersion"], "xks-operator.io/v1alpha1");
     assert_eq!(call.body["kind"], "ExternalKeyStore");
-}
-
-fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
-    status["conditions"]
-        .as_array()
-        .and_then(|cs| cs.iter().find(|c| c["type"] == type_))
-        .unwrap_or(&Value::Null)
 }
 
 // ------------------------------------------------------------------- tests
@@ -818,7 +511,12 @@ async fn a_disruptive_change_awaits_approval_and_leaves_the_store_untouched() {
         ),
         kms,
     );
-    assert_eq!(h.pass().await, Action::await_change());
+    // Only a change of the resource moves it on; meanwhile the store keeps
+    // serving at its current proxy, whose health is still watched.
+    let action = h.pass().await;
+    assert!(requeued(&action), "{action:?}");
+    // Preflight (the new proxy), then the health watch (the current one).
+    assert_eq!(h.probe.calls.load(Ordering::SeqCst), 2);
     assert_eq!(h.kms.mutations(), 0, "{:?}", h.kms.calls());
     let store = h.kms.store().expect("store");
     assert_eq!(store.connection_state, ConnectionState::Connected);
@@ -841,8 +539,9 @@ async fn a_disruptive_change_awaits_approval_and_leaves_the_store_untouched() {
 
     // An approval of another generation is no approval.
     set_annotation(&h.api, "xks-operator.io/approve-generation", "2");
-    assert_eq!(h.pass().await, Action::await_change());
+    assert!(requeued(&h.pass().await));
     assert_eq!(h.kms.mutations(), 0);
+    assert_eq!(h.probe.calls.load(Ordering::SeqCst), 2, "not due again yet");
 
     // Approving this generation lets it disconnect, update and reconnect.
     set_annotation(&h.api, "xks-operator.io/approve-generation", "1");
@@ -935,24 +634,6 @@ async fn a_missing_secret_stalls_with_its_name_and_no_kms_change() {
         events.get("CredentialSecretInvalid").map(String::as_str),
         Some("Warning")
     );
-}
-
-fn set_annotation(api: &ApiServer, key: &str, value: &str) {
-    let mut state = api.0.lock().unwrap();
-    if let Some(obj) = state.object.as_mut() {
-        obj["metadata"]["annotations"][key] = value.into();
-    }
-}
-
-async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !done() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting until {what}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test]
@@ -1152,10 +833,13 @@ async fn the_controller_runs_the_real_kms_adapter_against_the_emulator() {
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
     let status = loop {
         let status = api.object().and_then(|o| o.status);
+        // Ready, and the proxy health watch's first check written (it
+        // follows the pass that ends Ready).
         if status.as_ref().is_some_and(|s| {
-            s.conditions
-                .iter()
-                .any(|c| c.type_ == "Ready" && c.is_true())
+            s.proxy_health.is_some()
+                && s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.is_true())
         }) {
             break status.expect("status");
         }

@@ -9,6 +9,7 @@
 
 pub mod cache;
 pub mod describe_cache;
+pub mod health;
 pub mod http;
 pub mod leader;
 pub mod metrics;
@@ -76,6 +77,11 @@ pub struct RunArgs {
     /// Resources reconciled at the same time.
     #[arg(long, default_value_t = DEFAULT_CONCURRENCY)]
     pub concurrency: u16,
+    /// How often the operator calls the GetHealthStatus of the proxy of each
+    /// store with `spec.proxyChecks: Direct` (status.proxyHealth, condition
+    /// ProxyHealthy); jittered by ±10%. 0s disables the watch.
+    #[arg(long, default_value = "1m", value_parser = parse_duration)]
+    pub proxy_health_interval: Duration,
     /// How long one DescribeCustomKeyStores listing serves the drift checks
     /// of every resource of an account and Region (0s disables the cache).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
@@ -280,12 +286,15 @@ pub struct Settings {
     pub engine: EngineOptions,
     /// Which namespace may use which `spec.roleArn`.
     pub allowed_roles: RoleAllowList,
+    /// How often each proxy's health is checked (zero: never); see `health`.
+    pub proxy_health_interval: Duration,
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Self {
             drift_interval: Duration::from_secs(300),
+            proxy_health_interval: health::DEFAULT_INTERVAL,
             describe_cache_ttl: Duration::from_secs(10),
             engine: EngineOptions::default(),
             allowed_roles: RoleAllowList::default(),
@@ -385,6 +394,69 @@ impl<B: Backend> Context<B> {
             None => self.backend.own_account(),
         }
     }
+
+    /// Export the per-store metrics of every watched resource, computed at
+    /// each scrape from the watch cache and the status memory (exported
+    /// only while `Metrics::set_leader` says this replica leads).
+    pub fn export_store_metrics(&self) {
+        let cache = self.cache.clone();
+        let statuses = self.statuses.clone();
+        let default_region = self.backend.default_region();
+        let own_account = self.backend.own_account();
+        self.metrics.set_store_source(Box::new(move || {
+            store_snapshots(
+                &cache.resources(),
+                &statuses,
+                default_region.as_deref(),
+                own_account.as_deref(),
+            )
+        }));
+    }
+}
+
+/// The per-store metrics' view of `resources`, each with the newest status
+/// this process knows.
+pub fn store_snapshots(
+    resources: &[Arc<ExternalKeyStore>],
+    statuses: &status::StatusMemory,
+    default_region: Option<&str>,
+    own_account: Option<&str>,
+) -> Vec<metrics::StoreSnapshot> {
+    use crate::api::DesiredConnectionState;
+    resources
+        .iter()
+        .map(|r| {
+            let status = r
+                .metadata
+                .uid
+                .as_deref()
+                .and_then(|uid| statuses.get(uid))
+                .or_else(|| r.status.clone())
+                .unwrap_or_default();
+            let account = match r.spec.role_arn.as_deref() {
+                Some(arn) => crate::kms::identity::account_of_role(arn),
+                None => own_account.map(str::to_string),
+            };
+            let yielding =
+                crate::engine::conditions::get(&status, crate::engine::conditions::STALLED)
+                    .is_some_and(|c| c.is_true() && c.reason == crate::claims::REASON);
+            metrics::StoreSnapshot {
+                namespace: r.metadata.namespace.clone().unwrap_or_default(),
+                name: r.metadata.name.clone().unwrap_or_default(),
+                account: account.unwrap_or_default(),
+                region: r
+                    .spec
+                    .region
+                    .clone()
+                    .or_else(|| default_region.map(str::to_string))
+                    .unwrap_or_default(),
+                desired_connected: r.spec.connection_state == DesiredConnectionState::Connected
+                    && r.metadata.deletion_timestamp.is_none()
+                    && !yielding,
+                status,
+            }
+        })
+        .collect()
 }
 
 /// `xks-operator run`.
@@ -399,6 +471,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")?;
     let metrics = Arc::new(Metrics::new());
     let readiness = http::Readiness::default();
+    metrics.set_ready_source({
+        let readiness = readiness.clone();
+        Box::new(move || readiness.is_ready())
+    });
+    // A standby is 0 until it takes the Lease.
+    metrics.set_leader(!args.leader_election);
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(http::serve(
         args.listen_addr,
@@ -416,6 +494,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         tokio::select! {
             acquired = leader::acquire(client.clone(), leader::LeaseConfig::new(&args.lease_name, namespace)) => {
                 leadership = Some(acquired?);
+                metrics.set_leader(true);
             }
             () = shutdown_signal() => {
                 tracing::info!("stopping before becoming the leader");
@@ -461,6 +540,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         drift_interval: args.drift_interval,
         describe_cache_ttl: args.describe_cache_ttl,
         allowed_roles: RoleAllowList::new(args.allow_role.clone()),
+        proxy_health_interval: args.proxy_health_interval,
         ..Settings::default()
     };
     let ctx = Arc::new(Context::new(
@@ -469,8 +549,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         metrics.clone(),
         settings,
     ));
-    let cache = ctx.cache.clone();
-    metrics.set_store_source(Box::new(move || stores_by_state(&cache)));
+    ctx.export_store_metrics();
     // Readiness is not taken from `Store::wait_until_ready()`: that future
     // wakes only its latest poller, and the controller's own runner waits on
     // it too, so a second waiter could miss (or steal) the wake-up. The
@@ -522,6 +601,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     tracing::info!("controller stopped");
 
     readiness.set_synced(false);
+    metrics.set_leader(false);
     let lost = match leadership {
         Some(l) => l.release().await,
         None => false,
@@ -619,19 +699,6 @@ async fn shutdown_signal() {
     }
 }
 
-fn stores_by_state(cache: &ResourceCache) -> BTreeMap<String, u64> {
-    let mut counts = BTreeMap::new();
-    for s in cache.resources() {
-        let state = s
-            .status
-            .as_ref()
-            .and_then(|st| st.connection_state)
-            .map_or_else(|| "Unknown".to_string(), |state| state.to_string());
-        *counts.entry(state).or_insert(0) += 1;
-    }
-    counts
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -646,5 +713,98 @@ mod tests {
         assert!(parse_duration("m").is_err());
         assert!(parse_duration("5d").is_err());
         assert!(parse_duration("").is_err());
+    }
+
+    fn resource(extra: serde_json::Value) -> Arc<ExternalKeyStore> {
+        let mut obj = serde_json::json!({
+            "apiVersion": "xks-operator.io/v1alpha1",
+            "kind": "ExternalKeyStore",
+            "metadata": {"name": "payments", "namespace": "team-a", "uid": "u1"},
+            "spec": {"proxy": {
+                "uriEndpoint": "https://xks.example.com",
+                "uriPath": "/kms/xks/v1",
+                "credentialsSecretRef": {"name": "cred"}
+            }}
+        });
+        if let (Some(o), serde_json::Value::Object(e)) = (obj.as_object_mut(), extra) {
+            for (k, v) in e {
+                if let (Some(target), Some(fields)) =
+                    (o.get_mut(&k).and_then(|t| t.as_object_mut()), v.as_object())
+                {
+                    target.extend(fields.clone());
+                } else {
+                    o.insert(k, v);
+                }
+            }
+        }
+        Arc::new(serde_json::from_value(obj).expect("valid resource"))
+    }
+
+    #[test]
+    fn store_snapshots_label_each_resource_and_say_what_it_wants() {
+        let memory = status::StatusMemory::default();
+        let plain = resource(serde_json::json!({}));
+        let snapshot = |r: &Arc<ExternalKeyStore>| {
+            store_snapshots(
+                std::slice::from_ref(r),
+                &memory,
+                Some("eu-west-1"),
+                Some("111122223333"),
+            )
+            .pop()
+            .expect("one")
+        };
+        let s = snapshot(&plain);
+        assert_eq!(
+            (
+                s.namespace.as_str(),
+                s.name.as_str(),
+                s.account.as_str(),
+                s.region.as_str()
+            ),
+            ("team-a", "payments", "111122223333", "eu-west-1")
+        );
+        assert!(s.desired_connected);
+
+        // A deletion disconnects on purpose.
+        let deleting = resource(
+            serde_json::json!({"metadata": {"deletionTimestamp": "2026-01-01T00:00:00Z"}}),
+        );
+        assert!(!snapshot(&deleting).desired_connected);
+        let disconnected =
+            resource(serde_json::json!({"spec": {"connectionState": "Disconnected"}}));
+        assert!(!snapshot(&disconnected).desired_connected);
+
+        // The role's account and the resource's Region win.
+        let other = resource(serde_json::json!({"spec": {
+            "roleArn": "arn:aws:iam::222233334444:role/xks", "region": "us-east-1"}}));
+        let s = snapshot(&other);
+        assert_eq!(
+            (s.account.as_str(), s.region.as_str()),
+            ("222233334444", "us-east-1")
+        );
+
+        // The status memory is newer than the cached object; a resource
+        // yielding its store to another one wants nothing of it.
+        let mut yielding = crate::api::ExternalKeyStoreStatus::default();
+        crate::engine::conditions::set(
+            &mut yielding,
+            crate::engine::conditions::Summary::Stalled,
+            crate::claims::REASON,
+            "held by team-b/payments",
+            Some(1),
+            "t",
+        );
+        memory.remember("u1", &yielding);
+        let s = snapshot(&plain);
+        assert!(!s.desired_connected);
+        assert_eq!(s.status, yielding);
+        let unknown = store_snapshots(std::slice::from_ref(&plain), &memory, None, None)
+            .pop()
+            .expect("one");
+        assert_eq!(
+            (unknown.account.as_str(), unknown.region.as_str()),
+            ("", "")
+        );
     }
 }

@@ -3,7 +3,7 @@
 //! the controller should look again.
 
 use super::status::StatusWriter;
-use super::{Backend, Context, parse_duration, secrets};
+use super::{Backend, Context, health, parse_duration, secrets};
 use crate::api::{DeletionPolicy, ExternalKeyStore, FINALIZER, FLUX_REQUESTED_AT};
 use crate::claims::Scope;
 use crate::engine::conditions::{self, STALLED, Summary};
@@ -68,6 +68,15 @@ async fn reconcile_once<B: Backend>(
     let api: Api<ExternalKeyStore> = Api::namespaced(ctx.client.clone(), &namespace);
     let uid = obj.metadata.uid.clone().unwrap_or_default();
     let recorded = ctx.statuses.get(&uid).or_else(|| obj.status.clone());
+    let account = ctx
+        .account_of(obj.spec.role_arn.as_deref())
+        .unwrap_or_default();
+    let store_region = obj
+        .spec
+        .region
+        .clone()
+        .or_else(|| ctx.backend.default_region())
+        .unwrap_or_default();
     let mut sink = StatusWriter::new(
         api.clone(),
         obj,
@@ -75,7 +84,8 @@ async fn reconcile_once<B: Backend>(
         &ctx.recorder,
         &ctx.metrics,
         &ctx.statuses,
-    );
+    )
+    .in_scope(account, store_region);
     let deleting = obj.metadata.deletion_timestamp.is_some();
     let has_finalizer = obj.finalizers().iter().any(|f| f == FINALIZER);
     let generation = obj.metadata.generation;
@@ -176,6 +186,24 @@ async fn reconcile_once<B: Backend>(
     let engine = ctx.engine(&region, target.role.as_ref()).await;
     let outcome = engine.reconcile(&request, &mut status, &mut sink).await?;
     tracing::debug!(%namespace, %name, %region, ?outcome, "reconciled");
+    // After the engine, so a check never delays a change; None when the
+    // watch has nothing to say about the requeue.
+    let next_check = if deleting {
+        None
+    } else {
+        health::watch(
+            &engine.probe,
+            ctx.settings.proxy_health_interval,
+            obj,
+            &region,
+            &request.credential,
+            outcome,
+            &mut status,
+            &mut sink,
+        )
+        .await?
+    };
+    let settled = |after: Duration| next_check.map_or(after, |check| after.min(check));
 
     let drift = drift_interval(obj, ctx.settings.drift_interval);
     Ok(match outcome {
@@ -211,16 +239,24 @@ async fn reconcile_once<B: Backend>(
         // Nothing wakes a resource when its holder goes away: look again
         // soon (a cache lookup, no API or KMS call while nothing changes).
         Outcome::Claimed => Action::requeue(jitter(CLAIM_RECHECK.min(drift))),
+        // Not shortened for a health check: the engine does not wait for a
+        // retry's due time by itself, the requeue is what paces it.
         Outcome::Requeue(after) => Action::requeue(after),
         Outcome::Stalled => {
             let reason = conditions::get(&status, STALLED).map_or("Stalled", |c| c.reason.as_str());
             ctx.metrics.failed(reason);
-            Action::requeue(jitter(drift))
+            Action::requeue(settled(jitter(drift)))
         }
-        Outcome::InSync | Outcome::Observed | Outcome::Released => Action::requeue(jitter(drift)),
+        Outcome::InSync | Outcome::Observed | Outcome::Released => {
+            Action::requeue(settled(jitter(drift)))
+        }
         // Only a change of the resource (approval annotation, spec) moves
-        // these on, and every change wakes the controller.
-        Outcome::AwaitingApproval | Outcome::Suspended => Action::await_change(),
+        // these on, and every change wakes the controller; meanwhile the
+        // store still serves at its current proxy, which stays watched.
+        Outcome::AwaitingApproval | Outcome::Suspended => match next_check {
+            Some(check) => Action::requeue(check),
+            None => Action::await_change(),
+        },
     })
 }
 

@@ -1,39 +1,75 @@
 //! The engine's `StatusSink` in a cluster: server-side apply of the status
-//! subresource, plus the Events and step-duration metrics that a change of
-//! status implies (a step started, succeeded or failed; the resource
+//! subresource, plus the Events and metrics that a change of status implies
+//! (a step started, succeeded or failed; an operation ended; a disruptive
+//! change disconnected the store or it is CONNECTED again; the resource
 //! stalled). Writes that would only move timestamps are skipped: each write
 //! is a watch event that wakes the controller again.
 
-use super::metrics::Metrics;
-use crate::api::{ExternalKeyStore, ExternalKeyStoreStatus, MANAGER, OperationPhase, StepState};
+use super::metrics::{self, Metrics};
+use crate::api::{
+    ExternalKeyStore, ExternalKeyStoreStatus, MANAGER, OperationPhase, StepName, StepState,
+};
 use crate::engine::conditions::{self, STALLED};
 use crate::engine::{SinkError, StatusSink};
+use crate::model::ConnectionState;
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Api, Resource};
 use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-/// The status this process last wrote, per resource uid. Only the operator
+/// The status this process last wrote (or would have written, had it
+/// changed more than timestamps), per resource uid. Only the operator
 /// writes status, so this is newer than a watch cache that has not yet
 /// caught up with the last write (e.g. on an immediate requeue); resuming
 /// from a stale status could repeat a step such as a credential update.
+/// Clones share it (the metrics read it at scrape time).
+#[derive(Clone, Default)]
+pub struct StatusMemory(Arc<Mutex<Memory>>);
+
 #[derive(Default)]
-pub struct StatusMemory(Mutex<HashMap<String, ExternalKeyStoreStatus>>);
+struct Memory {
+    statuses: HashMap<String, ExternalKeyStoreStatus>,
+    /// uid → (the operation's startedAt, when its Disconnect was called):
+    /// the start of a disruption window, to the millisecond.
+    disruptions: HashMap<String, (String, Instant)>,
+}
 
 impl StatusMemory {
     pub fn get(&self, uid: &str) -> Option<ExternalKeyStoreStatus> {
-        self.lock().get(uid).cloned()
+        self.lock().statuses.get(uid).cloned()
     }
     pub fn remember(&self, uid: &str, status: &ExternalKeyStoreStatus) {
-        self.lock().insert(uid.to_string(), status.clone());
+        self.lock().statuses.insert(uid.to_string(), status.clone());
     }
     pub fn forget(&self, uid: &str) {
-        self.lock().remove(uid);
+        let mut memory = self.lock();
+        memory.statuses.remove(uid);
+        memory.disruptions.remove(uid);
     }
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, ExternalKeyStoreStatus>> {
+    /// The first Disconnect of operation `op` (its startedAt) is called now.
+    fn disruption_started(&self, uid: &str, op: &str) {
+        self.lock()
+            .disruptions
+            .entry(uid.to_string())
+            .and_modify(|(started_op, at)| {
+                if started_op != op {
+                    *started_op = op.to_string();
+                    *at = Instant::now();
+                }
+            })
+            .or_insert_with(|| (op.to_string(), Instant::now()));
+    }
+    /// When the Disconnect of operation `op` was called, if this process
+    /// saw it; forgotten once asked.
+    fn disruption_ended(&self, uid: &str, op: &str) -> Option<Instant> {
+        let mut memory = self.lock();
+        let (started_op, at) = memory.disruptions.remove(uid)?;
+        (started_op == op).then_some(at)
+    }
+    fn lock(&self) -> std::sync::MutexGuard<'_, Memory> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -54,6 +90,9 @@ pub struct StatusWriter<'a> {
     /// The object's resourceVersion after the last write: a status write
     /// changes it, and the finalizer patches are guarded by it.
     resource_version: Option<String>,
+    /// The store's account ("" when unknown) and Region, for the metrics.
+    account: String,
+    region: String,
 }
 
 impl<'a> StatusWriter<'a> {
@@ -76,7 +115,22 @@ impl<'a> StatusWriter<'a> {
             memory,
             uid: resource.metadata.uid.clone().unwrap_or_default(),
             resource_version: resource.metadata.resource_version.clone(),
+            account: String::new(),
+            region: String::new(),
         }
+    }
+
+    /// The account and Region the store lives in, for the metrics.
+    pub fn in_scope(mut self, account: String, region: String) -> Self {
+        self.account = account;
+        self.region = region;
+        self
+    }
+
+    /// Write `status` even if only timestamps changed: to refresh a time
+    /// that readers rely on (see `health::STATUS_REFRESH`).
+    pub async fn refresh(&mut self, status: &ExternalKeyStoreStatus) -> Result<(), SinkError> {
+        self.write_if(status, true).await
     }
 
     pub fn resource_version(&self) -> Option<&str> {
@@ -169,6 +223,18 @@ impl<'a> StatusWriter<'a> {
                 }
             }
             let phase_before = same_op.map(|o| o.phase);
+            self.measure_disruption(old, new);
+            if phase_before != Some(op.phase)
+                && let Some(outcome) = metrics::operation_outcome(op.phase)
+            {
+                // Counted on the write that ends it: a later pass that sees
+                // the same finished operation compares equal above.
+                let took = parse_time(op.finished_at.as_deref())
+                    .zip(parse_time(Some(&op.started_at)))
+                    .and_then(|(end, start)| Duration::try_from(end.duration_since(start)).ok());
+                self.metrics
+                    .operation_finished(metrics::operation_trigger(op), outcome, took);
+            }
             if phase_before != Some(op.phase) {
                 let note = op.message.as_deref().unwrap_or(&op.trigger);
                 match op.phase {
@@ -205,9 +271,59 @@ impl<'a> StatusWriter<'a> {
         }
     }
 
+    /// The disruption window of a disruptive operation: it opens when its
+    /// Disconnect is about to be called (this write precedes the call) and
+    /// closes with the write that first shows the store CONNECTED again.
+    /// A window opened before a restart is closed from the step's startedAt
+    /// (to the second).
+    fn measure_disruption(
+        &self,
+        old: Option<&ExternalKeyStoreStatus>,
+        new: &ExternalKeyStoreStatus,
+    ) {
+        let Some(op) = new.operation.as_ref().filter(|op| op.disruptive) else {
+            return;
+        };
+        let same_op = old
+            .and_then(|o| o.operation.as_ref())
+            .filter(|o| o.started_at == op.started_at && o.trigger == op.trigger);
+        let disconnect = op.steps.iter().position(|s| s.name == StepName::Disconnect);
+        let Some(disconnect) = disconnect else {
+            return;
+        };
+        let step = &op.steps[disconnect];
+        let before = same_op
+            .and_then(|o| o.steps.get(disconnect))
+            .map_or(StepState::Pending, |s| s.state);
+        if before == StepState::Pending && step.state != StepState::Pending && !self.uid.is_empty()
+        {
+            self.memory.disruption_started(&self.uid, &op.started_at);
+        }
+        let connected_now = new.connection_state == Some(ConnectionState::Connected)
+            && old.and_then(|o| o.connection_state) != Some(ConnectionState::Connected);
+        let running_before = same_op.is_some_and(|o| {
+            matches!(
+                o.phase,
+                OperationPhase::Running | OperationPhase::RollingBack
+            )
+        });
+        if !connected_now || !running_before || step.started_at.is_none() {
+            return;
+        }
+        let took = match self.memory.disruption_ended(&self.uid, &op.started_at) {
+            Some(at) => Some(at.elapsed()),
+            None => parse_time(step.started_at.as_deref()).and_then(|start| {
+                Duration::try_from(jiff::Timestamp::now().duration_since(start)).ok()
+            }),
+        };
+        if let Some(took) = took {
+            self.metrics
+                .disruption_ended(&self.account, &self.region, took);
+        }
+    }
+
     fn record_duration(&self, step: &crate::api::Step) {
-        let parse =
-            |t: &Option<String>| t.as_deref().and_then(|t| t.parse::<jiff::Timestamp>().ok());
+        let parse = |t: &Option<String>| parse_time(t.as_deref());
         if let (Some(start), Some(end)) = (parse(&step.started_at), parse(&step.finished_at)) {
             let took = end.duration_since(start);
             if let Ok(took) = Duration::try_from(took) {
@@ -217,12 +333,21 @@ impl<'a> StatusWriter<'a> {
     }
 }
 
-impl StatusSink for StatusWriter<'_> {
-    async fn write(&mut self, status: &ExternalKeyStoreStatus) -> Result<(), SinkError> {
-        let unchanged = self
-            .last
-            .as_ref()
-            .is_some_and(|last| without_timestamps(last) == without_timestamps(status));
+fn parse_time(t: Option<&str>) -> Option<jiff::Timestamp> {
+    t.and_then(|t| t.parse::<jiff::Timestamp>().ok())
+}
+
+impl StatusWriter<'_> {
+    async fn write_if(
+        &mut self,
+        status: &ExternalKeyStoreStatus,
+        always: bool,
+    ) -> Result<(), SinkError> {
+        let unchanged = !always
+            && self
+                .last
+                .as_ref()
+                .is_some_and(|last| without_timestamps(last) == without_timestamps(status));
         if !unchanged {
             self.apply(status).await?;
             self.announce(status).await;
@@ -235,12 +360,22 @@ impl StatusSink for StatusWriter<'_> {
     }
 }
 
+impl StatusSink for StatusWriter<'_> {
+    async fn write(&mut self, status: &ExternalKeyStoreStatus) -> Result<(), SinkError> {
+        self.write_if(status, false).await
+    }
+}
+
 /// The status with every timestamp blanked: two statuses equal under this
 /// differ only in when things happened, which is not worth a write.
 pub fn without_timestamps(status: &ExternalKeyStoreStatus) -> ExternalKeyStoreStatus {
     let mut s = status.clone();
     for c in &mut s.conditions {
         c.last_transition_time.clear();
+    }
+    if let Some(health) = s.proxy_health.as_mut() {
+        // Every health check moves it; see health::STATUS_REFRESH.
+        health.checked_at.clear();
     }
     if let Some(op) = s.operation.as_mut() {
         op.started_at.clear();
@@ -287,6 +422,30 @@ mod tests {
             "t3",
         );
         assert_ne!(without_timestamps(&a), without_timestamps(&b));
+    }
+
+    #[test]
+    fn a_health_check_that_finds_the_same_is_not_a_change() {
+        let checked = |at: &str, health: crate::api::KeyManagerHealthState| {
+            let mut s = ExternalKeyStoreStatus::default();
+            s.proxy_health = Some(crate::api::ProxyHealth {
+                checked_at: at.into(),
+                fleet_size: Some(1),
+                key_managers: vec![crate::api::KeyManagerHealthStatus {
+                    id: "ekm-1".into(),
+                    model: String::new(),
+                    health,
+                }],
+                ..Default::default()
+            });
+            s
+        };
+        use crate::api::KeyManagerHealthState::{Active, Degraded};
+        let a = checked("2026-01-01T00:00:00.000Z", Active);
+        let b = checked("2026-01-01T00:01:00.000Z", Active);
+        assert_eq!(without_timestamps(&a), without_timestamps(&b));
+        let c = checked("2026-01-01T00:01:00.000Z", Degraded);
+        assert_ne!(without_timestamps(&a), without_timestamps(&c));
     }
 
     #[test]
