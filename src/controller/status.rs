@@ -426,20 +426,20 @@ mod tests {
 
     #[test]
     fn a_health_check_that_finds_the_same_is_not_a_change() {
-        let checked = |at: &str, health: crate::api::KeyManagerHealthState| {
-            let mut s = ExternalKeyStoreStatus::default();
-            s.proxy_health = Some(crate::api::ProxyHealth {
-                checked_at: at.into(),
-                fleet_size: Some(1),
-                key_managers: vec![crate::api::KeyManagerHealthStatus {
-                    id: "ekm-1".into(),
-                    model: String::new(),
-                    health,
-                }],
+        let checked =
+            |at: &str, health: crate::api::KeyManagerHealthState| ExternalKeyStoreStatus {
+                proxy_health: Some(crate::api::ProxyHealth {
+                    checked_at: at.into(),
+                    fleet_size: Some(1),
+                    key_managers: vec![crate::api::KeyManagerHealthStatus {
+                        id: "ekm-1".into(),
+                        model: String::new(),
+                        health,
+                    }],
+                    ..Default::default()
+                }),
                 ..Default::default()
-            });
-            s
-        };
+            };
         use crate::api::KeyManagerHealthState::{Active, Degraded};
         let a = checked("2026-01-01T00:00:00.000Z", Active);
         let b = checked("2026-01-01T00:01:00.000Z", Active);
