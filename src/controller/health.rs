@@ -179,11 +179,8 @@ pub async fn watch<P: ProxyProbe>(
         .status
         .as_ref()
         .and_then(|s| s.proxy_health.as_ref())
-        .and_then(|h| h.checked_at.parse::<jiff::Timestamp>().ok());
-    let stale = written.is_some_and(|t| {
-        Duration::try_from(checked_at.duration_since(t)).is_ok_and(|age| age >= STATUS_REFRESH)
-    });
-    if stale {
+        .map(|h| h.checked_at.as_str());
+    if stale(written, checked_at) {
         sink.refresh(status).await?;
     } else {
         sink.write(status).await?;
@@ -215,6 +212,17 @@ pub async fn watch<P: ProxyProbe>(
 }
 
 const HEALTHY: &str = "Healthy";
+
+/// Whether the `checkedAt` in the API server (`written`) is old enough at
+/// `now` to be refreshed although nothing else changed. Unknown (never
+/// written, or a watch cache not caught up): no, a change writes it anyway.
+fn stale(written: Option<&str>, now: jiff::Timestamp) -> bool {
+    written
+        .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+        .is_some_and(|t| {
+            Duration::try_from(now.duration_since(t)).is_ok_and(|age| age >= STATUS_REFRESH)
+        })
+}
 
 /// What one GetHealthStatus answer (or failure) of the proxy at `where_`
 /// means, in the words of the `ProxyHealthy` condition.
@@ -515,6 +523,17 @@ mod tests {
             next(minute, ProxyChecks::Direct, Outcome::InSync, &no_store, t0),
             Next::Clear
         );
+    }
+
+    #[test]
+    fn checked_at_is_refreshed_once_fifteen_minutes_old() {
+        let now = "2026-01-01T01:00:00Z"
+            .parse::<jiff::Timestamp>()
+            .expect("time");
+        assert!(!stale(None, now));
+        assert!(!stale(Some("2026-01-01T00:50:00.123Z"), now));
+        assert!(stale(Some("2026-01-01T00:45:00Z"), now));
+        assert!(!stale(Some("not a time"), now));
     }
 
     #[test]
