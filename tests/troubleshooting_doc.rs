@@ -193,7 +193,7 @@ fn every_connection_error_code_is_in_the_table_with_its_class() {
 
 fn words(d: std::time::Duration) -> String {
     let s = d.as_secs();
-    if s >= 60 && s % 60 == 0 {
+    if s >= 60 && s.is_multiple_of(60) {
         format!("{} min", s / 60)
     } else {
         format!("{s} s")
