@@ -151,8 +151,16 @@ impl<'a> StatusWriter<'a> {
             action: action.to_string(),
             secondary: None,
         };
-        if let Err(e) = self.recorder.publish(&event, &self.reference).await {
-            tracing::warn!(resource = %self.name, reason, error = %e, "could not publish Event");
+        match self.recorder.publish(&event, &self.reference).await {
+            Ok(()) => {}
+            // A namespace being deleted takes no new objects, Events
+            // included: expected while its resources are released.
+            Err(kube::Error::Api(status)) if namespace_terminating(&status) => {
+                tracing::debug!(resource = %self.name, reason, "no Event: the namespace is being deleted");
+            }
+            Err(e) => {
+                tracing::warn!(resource = %self.name, reason, error = %e, "could not publish Event");
+            }
         }
     }
 
@@ -388,6 +396,15 @@ pub fn without_timestamps(status: &ExternalKeyStoreStatus) -> ExternalKeyStoreSt
     s
 }
 
+/// The API server's refusal to create objects in a namespace being deleted.
+fn namespace_terminating(status: &kube::core::Status) -> bool {
+    status.code == 403
+        && status
+            .details
+            .as_ref()
+            .is_some_and(|d| d.causes.iter().any(|c| c.reason == "NamespaceTerminating"))
+}
+
 fn truncate(text: &str, max: usize) -> &str {
     if text.len() <= max {
         return text;
@@ -446,6 +463,29 @@ mod tests {
         assert_eq!(without_timestamps(&a), without_timestamps(&b));
         let c = checked("2026-01-01T00:01:00.000Z", Degraded);
         assert_ne!(without_timestamps(&a), without_timestamps(&c));
+    }
+
+    #[test]
+    fn a_namespace_being_deleted_is_recognised_from_the_api_servers_answer() {
+        let answer: kube::core::Status = serde_json::from_value(serde_json::json!({
+            "status": "Failure",
+            "code": 403,
+            "reason": "Forbidden",
+            "message": "unable to create new content in namespace x because it is being terminated",
+            "details": {"name": "e", "group": "events.k8s.io", "kind": "events",
+                "causes": [{"reason": "NamespaceTerminating", "message": "namespace x is being terminated", "field": "metadata.namespace"}]}
+        }))
+        .expect("a Status");
+        assert!(namespace_terminating(&answer));
+        let rbac: kube::core::Status = serde_json::from_value(serde_json::json!({
+            "status": "Failure", "code": 403, "reason": "Forbidden",
+            "message": "events.events.k8s.io is forbidden: User cannot create resource"
+        }))
+        .expect("a Status");
+        assert!(
+            !namespace_terminating(&rbac),
+            "an RBAC denial must stay a warning"
+        );
     }
 
     #[test]
