@@ -283,11 +283,26 @@ impl Report {
             ));
         }
         if let Some(s) = &self.soak {
+            let worst = s
+                .down_after_episodes
+                .iter()
+                .map(|e| e.down_after_s)
+                .fold(0.0, f64::max);
             out.push(format!(
-                "Soak ({:.0} s, {} stores, {} crashes): converged, no second store, nothing left disconnected, credential kept, no secret in status: {}{}.",
+                "Soak ({:.0} s, {} stores, {} crashes, {} fault episodes): converged by itself (no reconcile requested{}), a store declared Connected down at most {:.1} s after a fault episode ended ({:.1} s after the last; target 30 s), {} stall(s), each needing a person; no second store, nothing left disconnected, credential kept, no secret in status: {}{}.",
                 s.duration_s,
                 s.stores,
                 s.crashes,
+                s.down_after_episodes.len(),
+                match s.person_requests {
+                    0 => String::new(),
+                    n => format!(
+                        " but the person's {n} after putting a late secret on the proxies"
+                    ),
+                },
+                worst,
+                s.down_after_last_episode_s,
+                s.stalls.values().sum::<u64>(),
                 met(s.violations.is_empty()),
                 if s.violations.is_empty() {
                     String::new()
