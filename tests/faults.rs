@@ -19,8 +19,9 @@ use xks_emulator::faults::OperationFaults;
 use xks_emulator::xks_proxy::{KeyManagerHealth, ProxyCredentialConfig};
 use xks_operator::api::{
     DeletionPolicy, DesiredConnectionState, ExternalKeyStore, ExternalKeyStoreStatus,
+    OperationPhase, StepName,
 };
-use xks_operator::engine::{EngineOptions, Outcome, conditions};
+use xks_operator::engine::{EngineOptions, Outcome, SinkError, StatusSink, conditions};
 use xks_operator::kms::KeyStores;
 use xks_operator::model::{ConnectionState, Connectivity, ProxyCredential};
 
@@ -581,4 +582,70 @@ async fn a_credential_rejected_mid_rotation_stalls_then_recovers() {
         Some(NEW_ID)
     );
     assert_eq!(store.connection_state, ConnectionState::Connected);
+}
+
+/// Persists the write, then "crashes": the pass ends before the call the
+/// write announced.
+struct CrashAfterFirstWrite(Option<ExternalKeyStoreStatus>);
+
+impl StatusSink for CrashAfterFirstWrite {
+    async fn write(&mut self, s: &ExternalKeyStoreStatus) -> Result<(), SinkError> {
+        self.0 = Some(s.clone());
+        Err(SinkError("crash after write".into()))
+    }
+}
+
+/// A Connect that ended FAILED for a cause that can pass is retried by
+/// disconnecting the store first. A crash right after that is announced
+/// (before the Disconnect call) must resume by disconnecting again, not
+/// count a second connection failure that no Connect caused (which, with
+/// rollback on, would roll a change back after failures that never were).
+#[tokio::test]
+async fn a_crash_before_the_reconnecting_disconnect_counts_no_failure() {
+    let h = harness().await;
+    let (mut res, mut status) = created(&h).await;
+    res.spec.proxy.uri_endpoint = REPLICA.into();
+    let mut sink = Recorder::replica_dies_after(&h, StepName::HealthCheck);
+    let req = request(&res, credential());
+    for _ in 0..200 {
+        match h
+            .engine
+            .reconcile(&req, &mut status, &mut sink)
+            .await
+            .expect("pass")
+        {
+            Outcome::Requeue(d) => tokio::time::sleep(d).await,
+            other => panic!("stopped retrying: {other:?}"),
+        }
+        if status
+            .retry
+            .as_ref()
+            .is_some_and(|r| r.step == Some(StepName::Connect))
+        {
+            break;
+        }
+    }
+    let failures = status.retry.as_ref().map(|r| r.attempts);
+    assert_eq!(failures, Some(1), "one real connection failure");
+    let connects = calls(&h, "ConnectCustomKeyStore");
+    for _ in 0..2 {
+        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+        let mut crash = CrashAfterFirstWrite(None);
+        let _ = h.engine.reconcile(&req, &mut status, &mut crash).await;
+        status = crash.0.expect("the pass wrote before its call");
+    }
+    assert_eq!(
+        calls(&h, "ConnectCustomKeyStore"),
+        connects,
+        "no Connect since"
+    );
+    assert_eq!(
+        status.retry.as_ref().map(|r| r.attempts),
+        failures,
+        "crashes counted as connection failures"
+    );
+    assert_ne!(
+        status.operation.as_ref().map(|o| o.phase),
+        Some(OperationPhase::RollingBack)
+    );
 }

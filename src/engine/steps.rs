@@ -555,6 +555,13 @@ impl<K: KeyStores, P: ProxyProbe> StepRun<'_, K, P> {
                 "waiting for DISCONNECTED before connecting".into(),
             )),
             ConnectionState::Failed if reconnecting => {
+                // The Disconnect call counts as a call of this step: move
+                // the retry's mark with it, so a crash right after the write
+                // below resumes by disconnecting again, not by counting a
+                // connection failure no Connect caused.
+                if let Some(retry) = pass.status.retry.as_mut() {
+                    retry.calls = earlier_calls + 1;
+                }
                 self.request_disconnect(
                     pass,
                     &store.id,
