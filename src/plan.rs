@@ -41,6 +41,9 @@ pub struct PlanInput<'a> {
     pub recorded: Option<&'a Operation>,
     /// The resource is being deleted.
     pub deleting: bool,
+    /// A change rolled back after failures that can pass is due to be
+    /// tried again.
+    pub rollback_retry_due: bool,
 }
 
 /// Which KMS fields differ between the desired and the observed store.
@@ -195,6 +198,10 @@ pub fn decide(input: &PlanInput<'_>) -> Decision {
             OperationPhase::Running
             | OperationPhase::RollingBack
             | OperationPhase::AwaitingApproval => return Decision::Continue,
+            // Rolled back after failures that can pass, and the wait is
+            // over: plan afresh (from Preflight, which proves the new proxy
+            // again before anything disconnects).
+            OperationPhase::RolledBack if op.retry_after_rollback && input.rollback_retry_due => {}
             OperationPhase::Failed | OperationPhase::RolledBack => {
                 return Decision::Blocked {
                     message: format!(
@@ -331,7 +338,12 @@ pub fn operation(
     generation: Option<i64>,
     started_at: &str,
     previous: Option<ProxyConfig>,
+    recorded: Option<&Operation>,
 ) -> Operation {
+    // A change tried again after a rollback keeps its count of them.
+    let transient_rollbacks = recorded
+        .filter(|op| op.target == new.target && op.retry_after_rollback)
+        .map_or(0, |op| op.transient_rollbacks);
     let steps = new
         .steps
         .into_iter()
@@ -361,6 +373,8 @@ pub fn operation(
         steps,
         previous,
         message: None,
+        retry_after_rollback: false,
+        transient_rollbacks,
     }
 }
 
@@ -428,6 +442,7 @@ pub fn rollback(
     why: &str,
     policy: RollbackPolicy,
     deleting: bool,
+    transient: bool,
 ) -> Option<Operation> {
     if !rollback_applies(op, current, failed, policy, deleting) {
         return None;
@@ -435,6 +450,10 @@ pub fn rollback(
     let previous = op.previous.as_ref()?;
     let mut rolled = op.clone();
     rolled.phase = OperationPhase::RollingBack;
+    rolled.retry_after_rollback = transient;
+    if transient {
+        rolled.transient_rollbacks = rolled.transient_rollbacks.saturating_add(1);
+    }
     // The rest of the plan (Connect, after a failed health check) would go
     // to the proxy that just failed: the rollback replaces it.
     for step in rolled
@@ -576,6 +595,7 @@ mod tests {
             applied_fingerprint,
             recorded: None,
             deleting,
+            rollback_retry_due: false,
         }
     }
 
@@ -730,6 +750,8 @@ mod tests {
             steps: vec![],
             previous: None,
             message: Some("Connect failed".into()),
+            retry_after_rollback: false,
+            transient_rollbacks: 0,
         };
         let input = PlanInput {
             desired: &d,
@@ -737,6 +759,7 @@ mod tests {
             applied_fingerprint: Some("fp1"),
             recorded: Some(&op),
             deleting: false,
+            rollback_retry_due: false,
         };
         assert!(matches!(decide(&input), Decision::Blocked { .. }));
         let mut changed = d.clone();
@@ -746,6 +769,66 @@ mod tests {
             ..input
         };
         assert!(matches!(decide(&input), Decision::Start(_)));
+    }
+
+    /// A change rolled back after failures that can pass is tried again,
+    /// afresh from Preflight, once its wait is over; not before, and never
+    /// a change rolled back for a cause only a person can fix.
+    #[test]
+    fn a_transient_rollback_is_tried_again_when_due() {
+        let mut d = desired();
+        let s = observed_from(&d, ConnectionState::Connected);
+        d.proxy.uri_endpoint = "https://xks-b.example.com".into();
+        let op = Operation {
+            trigger: "uriEndpoint changed".into(),
+            phase: OperationPhase::RolledBack,
+            disruptive: true,
+            target: target_digest(&d, false),
+            generation: Some(2),
+            started_at: "t".into(),
+            finished_at: None,
+            steps: vec![],
+            previous: None,
+            message: Some("Connect failed: XKS_PROXY_TIMED_OUT".into()),
+            retry_after_rollback: true,
+            transient_rollbacks: 2,
+        };
+        let waiting = PlanInput {
+            desired: &d,
+            observed: Some(&s),
+            applied_fingerprint: Some("fp1"),
+            recorded: Some(&op),
+            deleting: false,
+            rollback_retry_due: false,
+        };
+        assert!(matches!(decide(&waiting), Decision::Blocked { .. }));
+        let due = PlanInput {
+            rollback_retry_due: true,
+            ..waiting
+        };
+        let Decision::Start(new) = decide(&due) else {
+            panic!("expected the change to start again");
+        };
+        assert_eq!(new.steps.first(), Some(&StepName::Preflight));
+        let again = operation(
+            new,
+            ProxyChecks::Direct,
+            false,
+            Some(2),
+            "t1",
+            None,
+            Some(&op),
+        );
+        assert_eq!(again.transient_rollbacks, 2, "the count carries over");
+        let by_a_person = Operation {
+            retry_after_rollback: false,
+            ..op.clone()
+        };
+        let input = PlanInput {
+            recorded: Some(&by_a_person),
+            ..due
+        };
+        assert!(matches!(decide(&input), Decision::Blocked { .. }));
     }
 
     #[test]
@@ -945,6 +1028,8 @@ mod tests {
                 .collect(),
             previous: None,
             message: None,
+            retry_after_rollback: false,
+            transient_rollbacks: 0,
         }
     }
 
@@ -961,6 +1046,7 @@ mod tests {
             applied_fingerprint: store.fingerprint.as_deref(),
             recorded,
             deleting,
+            rollback_retry_due: false,
         }
     }
 
@@ -1048,7 +1134,7 @@ mod tests {
             };
             let checks = if kms_only { ProxyChecks::KmsOnly } else { ProxyChecks::Direct };
             let names = new.steps.clone();
-            let op = operation(new, checks, false, Some(1), "t0", None);
+            let op = operation(new, checks, false, Some(1), "t0", None, None);
             prop_assert_eq!(op.steps.iter().map(|s| s.name).collect::<Vec<_>>(), names);
             for step in &op.steps {
                 let skipped = step.state == StepState::Skipped;
@@ -1131,7 +1217,7 @@ mod tests {
             }
             let failed = names[failed_index];
             let policy = if disabled { RollbackPolicy::Disabled } else { RollbackPolicy::Automatic };
-            let rolled = rollback(&op, Some(&current), failed, "boom", policy, deleting);
+            let rolled = rollback(&op, Some(&current), failed, "boom", policy, deleting, false);
             let updated = done > 2;
             let expected = matches!(failed, StepName::HealthCheck | StepName::Connect)
                 && updated && moved && !deleting && !disabled && !rolling_back;
@@ -1147,7 +1233,7 @@ mod tests {
                     StepName::RestorePrevious,
                     StepName::RollbackConnect,
                 ]);
-                prop_assert!(rollback(&r, Some(&current), StepName::Connect, "again", policy, deleting).is_none());
+                prop_assert!(rollback(&r, Some(&current), StepName::Connect, "again", policy, deleting, false).is_none());
             }
         }
     }

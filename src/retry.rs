@@ -27,6 +27,10 @@ pub struct RetryPolicy {
     /// `spec.keyStoreId` not found is retried this many times before it
     /// stalls: a store just created may not be listed yet.
     pub attempts_for_a_missing_pinned_store: u32,
+    /// A change rolled back after failures that can pass is tried again
+    /// after about this long, doubling with each rollback in a row (capped
+    /// at `cap`): each try disconnects the store again, so not soon.
+    pub after_rollback: Duration,
 }
 
 impl Default for RetryPolicy {
@@ -37,6 +41,7 @@ impl Default for RetryPolicy {
             cap_while_down: Duration::from_secs(30),
             attempts_before_rollback: 3,
             attempts_for_a_missing_pinned_store: 6,
+            after_rollback: Duration::from_secs(30),
         }
     }
 }
@@ -69,6 +74,7 @@ impl RetryPolicy {
             base,
             cap,
             cap_while_down: cap,
+            after_rollback: base,
             ..Self::default()
         }
     }
@@ -92,6 +98,14 @@ impl RetryPolicy {
             }
             Class::Transient => Verdict::RetryAfter(self.delay(attempts, situation.store_down)),
         }
+    }
+
+    /// The wait before a change rolled back `rollbacks` times in a row (for
+    /// causes that can pass) is tried again.
+    pub fn delay_after_rollback(&self, rollbacks: u32) -> Duration {
+        let exp = rollbacks.saturating_sub(1).min(20);
+        let full = self.after_rollback.saturating_mul(1 << exp).min(self.cap);
+        full.mul_f64(rand::random_range(0.5..=1.0))
     }
 
     /// Exponential backoff with jitter: between half and all of

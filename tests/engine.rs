@@ -425,24 +425,32 @@ async fn failed_reconnect_rolls_back_to_the_previous_endpoint() {
     res.spec.proxy.uri_endpoint = REPLICA.into();
     // The replica dies right after the operator's health check passed.
     let mut sink = Recorder::replica_dies_after(&h, StepName::HealthCheck);
-    let outcome = converge(&h, &res, credential(), &mut status, &mut sink).await;
-    assert_eq!(outcome, Outcome::Stalled);
+    let req = request(&res, credential());
+    until_rolled_back(&h, &req, &mut status, &mut sink).await;
     let op = status.operation.as_ref().expect("operation");
-    assert_eq!(op.phase, OperationPhase::RolledBack);
     let message = op.message.clone().unwrap_or_default();
     assert!(message.contains("XKS_PROXY"), "{message}");
     assert!(message.contains(PRIMARY), "{message}");
     assert_connected_at(&h, PRIMARY).await;
-    // Not retried in a loop: the same target stays blocked.
-    let again = converge(
-        &h,
-        &res,
-        credential(),
-        &mut status,
-        &mut Recorder::default(),
-    )
-    .await;
-    assert_eq!(again, Outcome::Stalled);
+    // A cause that can pass: tried again after a wait, but only through
+    // Preflight, which the dead replica fails: the store is not disconnected
+    // again, and the resource is Reconciling, not Stalled.
+    let disconnects = calls(&h, "DisconnectCustomKeyStore");
+    for _ in 0..30 {
+        match h
+            .engine
+            .reconcile(&req, &mut status, &mut sink)
+            .await
+            .expect("pass")
+        {
+            Outcome::Requeue(d) => tokio::time::sleep(d).await,
+            other => panic!("stopped retrying: {other:?}"),
+        }
+    }
+    assert_eq!(calls(&h, "DisconnectCustomKeyStore"), disconnects);
+    assert_connected_at(&h, PRIMARY).await;
+    assert!(!conditions::is_true(&status, conditions::STALLED));
+    assert!(conditions::is_true(&status, conditions::RECONCILING));
 }
 
 #[tokio::test]
@@ -743,10 +751,8 @@ async fn a_failed_health_check_after_the_update_rolls_back_and_reconnects() {
     let (mut res, mut status) = created(&h).await;
     res.spec.proxy.uri_endpoint = REPLICA.into();
     let mut sink = Recorder::replica_dies_after(&h, StepName::Update);
-    let outcome = converge(&h, &res, credential(), &mut status, &mut sink).await;
-    assert_eq!(outcome, Outcome::Stalled);
+    until_rolled_back(&h, &request(&res, credential()), &mut status, &mut sink).await;
     let op = status.operation.as_ref().expect("operation");
-    assert_eq!(op.phase, OperationPhase::RolledBack);
     let state = |name: StepName| op.steps.iter().find(|s| s.name == name).map(|s| s.state);
     assert_eq!(state(StepName::HealthCheck), Some(StepState::Failed));
     // Never connected to the proxy that failed its check.
@@ -763,4 +769,82 @@ async fn a_failed_health_check_after_the_update_rolls_back_and_reconnects() {
         2,
         "create + rollback only"
     );
+}
+
+/// The new proxy goes down for a cause that can pass right after the
+/// update: Connect fails (XKS_PROXY_NOT_REACHABLE) a few times, the change
+/// is rolled back so the store serves its keys from the old proxy, and then,
+/// without anyone, the change is tried again after a wait (from Preflight)
+/// and goes through once the new proxy is back.
+#[tokio::test]
+async fn a_rollback_after_failures_that_can_pass_is_tried_again_by_itself() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let h = harness().await;
+    let (mut res, mut status) = created(&h).await;
+    res.spec.proxy.uri_endpoint = REPLICA.into();
+    let fleet = h.emu.fleet().clone();
+    let fired = std::sync::Arc::new(AtomicBool::new(false));
+    let once = fired.clone();
+    let mut sink = Recorder {
+        hook: Some(Box::new(move |s: &ExternalKeyStoreStatus| {
+            let checked = s.operation.as_ref().is_some_and(|o| {
+                o.steps
+                    .iter()
+                    .any(|st| st.name == StepName::HealthCheck && st.state == StepState::Succeeded)
+            });
+            if checked && !once.swap(true, Ordering::SeqCst) {
+                let _ = fleet.set_key_manager_health(
+                    "xks-replica.example.com",
+                    "ekm-1",
+                    KeyManagerHealth::Unavailable,
+                );
+            }
+        })),
+        ..Recorder::default()
+    };
+    let req = request(&res, credential());
+    for _ in 0..500 {
+        let outcome = h
+            .engine
+            .reconcile(&req, &mut status, &mut sink)
+            .await
+            .expect("pass");
+        if status
+            .operation
+            .as_ref()
+            .is_some_and(|o| o.phase == OperationPhase::RolledBack)
+        {
+            break;
+        }
+        match outcome {
+            Outcome::Requeue(d) => tokio::time::sleep(d).await,
+            other => panic!("stopped: {other:?}"),
+        }
+    }
+    let op = status.operation.clone().expect("operation");
+    assert_eq!(op.phase, OperationPhase::RolledBack);
+    assert!(op.retry_after_rollback);
+    assert_eq!(op.transient_rollbacks, 1);
+    assert_connected_at(&h, PRIMARY).await;
+    assert!(conditions::is_true(&status, conditions::RECONCILING));
+    assert!(!conditions::is_true(&status, conditions::STALLED));
+    assert_eq!(
+        status.retry.as_ref().map(|r| r.reason.as_str()),
+        Some("RolledBack")
+    );
+
+    h.emu
+        .fleet()
+        .set_key_manager_health("xks-replica.example.com", "ekm-1", KeyManagerHealth::Active)
+        .expect("back");
+    let outcome = settle_request(&h, &req, &mut status, &mut sink).await;
+    assert_eq!(outcome, Outcome::InSync);
+    assert_connected_at(&h, REPLICA).await;
+    let op = status.operation.as_ref().expect("operation");
+    assert_eq!(op.phase, OperationPhase::Succeeded);
+    assert_eq!(
+        op.transient_rollbacks, 1,
+        "the count carried into the new try"
+    );
+    assert!(fired.load(std::sync::atomic::Ordering::SeqCst));
 }

@@ -216,6 +216,7 @@ fn the_backoff_table_is_the_default_retry_policy() {
             "attempts_for_a_missing_pinned_store",
             p.attempts_for_a_missing_pinned_store.to_string(),
         ),
+        ("after_rollback", words(p.after_rollback)),
     ];
     for (setting, value) in &want {
         let row = rows

@@ -221,6 +221,16 @@ pub struct Operation {
     /// Outcome in words.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// The rollback followed failures that can pass (the new proxy timed
+    /// out, was unreachable...): the change is tried again after a wait,
+    /// from Preflight, instead of waiting for a person.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub retry_after_rollback: bool,
+    /// Rollbacks of this change after failures that can pass, in a row: the
+    /// wait before the next try grows with it.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    #[schemars(schema_with = "count_schema")]
+    pub transient_rollbacks: u32,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]

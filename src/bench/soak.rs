@@ -1681,6 +1681,8 @@ mod tests {
                 .collect(),
             previous: None,
             message: None,
+            retry_after_rollback: false,
+            transient_rollbacks: 0,
         }
     }
 

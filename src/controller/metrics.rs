@@ -687,11 +687,12 @@ mod tests {
             applied_fingerprint: Some("fp1"),
             recorded: None,
             deleting,
+            rollback_retry_due: false,
         });
         let Decision::Start(new) = decision else {
             panic!("expected an operation, got {decision:?}");
         };
-        let op = plan::operation(new, d.proxy_checks, false, Some(1), "t", None);
+        let op = plan::operation(new, d.proxy_checks, false, Some(1), "t", None, None);
         operation_trigger(&op)
     }
 

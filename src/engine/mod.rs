@@ -25,7 +25,7 @@ use crate::api::{
 };
 use crate::claims::{self, Claimant, Claimed, Scope};
 use crate::credentials::{self, CredentialError};
-use crate::error::ErrorCategory;
+use crate::error::{Class, ErrorCategory};
 use crate::kms::{KeyStores, KmsError};
 use crate::model::{ConnectionState, ObservedStore, ProxyConfig, ProxyCredential};
 use crate::plan::{self, Decision, Desired, Gate, Next};
@@ -246,6 +246,7 @@ impl<K: KeyStores, P: ProxyProbe> Engine<K, P> {
                 applied_fingerprint: pass.status.credential_fingerprint.as_deref(),
                 recorded: pass.status.operation.as_ref(),
                 deleting: req.deleting,
+                rollback_retry_due: rollback_retry_wait(pass.status, &pass.now()).is_none(),
             });
             match self
                 .dispatch(req, &admitted, observed, decision, &mut pass)
@@ -330,6 +331,7 @@ impl<K: KeyStores, P: ProxyProbe> Engine<K, P> {
             applied_fingerprint: applied.as_deref(),
             recorded: status.operation.as_ref(),
             deleting: req.deleting,
+            rollback_retry_due: rollback_retry_wait(&status, &self.clock.now()).is_none(),
         });
         Ok(Preview {
             observed,
@@ -479,6 +481,25 @@ impl<K: KeyStores, P: ProxyProbe> Engine<K, P> {
                 done(pass.conclude(end).await)
             }
             Decision::Blocked { message } => {
+                if let Some(wait) = rollback_retry_wait(pass.status, &pass.now()) {
+                    let due = pass
+                        .status
+                        .retry
+                        .as_ref()
+                        .map(|r| r.next_attempt_at.clone())
+                        .unwrap_or_default();
+                    return done(
+                        pass.conclude(Conclusion::new(
+                            Summary::Progressing,
+                            "RolledBack",
+                            format!(
+                                "{message}; the cause can pass: the change is tried again at {due}"
+                            ),
+                            Outcome::Requeue(wait),
+                        ))
+                        .await,
+                    );
+                }
                 // Keep the reason the change failed with, so it stays visible.
                 let reason = conditions::get(pass.status, conditions::STALLED)
                     .filter(|c| c.is_true())
@@ -495,6 +516,7 @@ impl<K: KeyStores, P: ProxyProbe> Engine<K, P> {
                     pass.generation,
                     &now,
                     previous,
+                    pass.status.operation.as_ref(),
                 );
                 let planned = describe_steps(&op.steps);
                 let trigger = op.trigger.clone();
@@ -685,6 +707,7 @@ impl<K: KeyStores, P: ProxyProbe> Engine<K, P> {
                                     &error.message,
                                     req.resource.spec.rollback,
                                     req.deleting,
+                                    error.class() == Class::Transient,
                                 )
                             }) {
                                 pass.status.operation = Some(rolled);
@@ -733,13 +756,44 @@ impl<K: KeyStores, P: ProxyProbe> Engine<K, P> {
         op.finished_at = Some(now);
         if op.phase == OperationPhase::RollingBack {
             op.phase = OperationPhase::RolledBack;
+            if op.retry_after_rollback {
+                // The new proxy failed for a cause that can pass: try the
+                // change again later, from Preflight, without a person.
+                let message = format!(
+                    "{}; rolled back: the store is connected at the previous location",
+                    op.message.clone().unwrap_or_default()
+                );
+                op.message = Some(message.clone());
+                let delay = self
+                    .options
+                    .retry
+                    .delay_after_rollback(op.transient_rollbacks);
+                pass.record_retry(None, ROLLED_BACK, &message, 0, delay);
+                let due = pass
+                    .status
+                    .retry
+                    .as_ref()
+                    .map(|r| r.next_attempt_at.clone())
+                    .unwrap_or_default();
+                return done(
+                    pass.conclude(Conclusion::new(
+                        Summary::Progressing,
+                        ROLLED_BACK,
+                        format!(
+                            "{message}; the cause can pass: the change is tried again at {due}"
+                        ),
+                        Outcome::Requeue(delay),
+                    ))
+                    .await,
+                );
+            }
             let message = format!(
                 "{}; rolled back: the store is connected at the previous location. Fix the new proxy, then change the spec or request a reconcile to try again",
                 op.message.clone().unwrap_or_default()
             );
             op.message = Some(message.clone());
             return done(
-                pass.conclude(Conclusion::stalled("RolledBack", message))
+                pass.conclude(Conclusion::stalled(ROLLED_BACK, message))
                     .await,
             );
         }
@@ -831,6 +885,27 @@ impl<K: KeyStores, P: ProxyProbe> Engine<K, P> {
             region: self.region.clone(),
         }
     }
+}
+
+/// Reason of a rollback's conclusion, and of its pending retry.
+const ROLLED_BACK: &str = "RolledBack";
+
+/// How long until a change rolled back after failures that can pass is
+/// tried again; `None` when it is due (or none is pending). Only a
+/// rolled-back operation whose status records such a retry waits.
+fn rollback_retry_wait(status: &ExternalKeyStoreStatus, now: &str) -> Option<Duration> {
+    let op = status.operation.as_ref()?;
+    if op.phase != OperationPhase::RolledBack || !op.retry_after_rollback {
+        return None;
+    }
+    let retry = status
+        .retry
+        .as_ref()
+        .filter(|r| r.step.is_none() && r.reason == ROLLED_BACK)?;
+    let due: jiff::Timestamp = retry.next_attempt_at.parse().ok()?;
+    let now: jiff::Timestamp = now.parse().ok()?;
+    let left = now.duration_until(due);
+    Duration::try_from(left).ok().filter(|d| !d.is_zero())
 }
 
 /// How dispatching a decision ended.

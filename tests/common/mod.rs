@@ -318,3 +318,28 @@ pub fn fast_options() -> EngineOptions {
         ..EngineOptions::default()
     }
 }
+
+/// Passes of `req` until its operation is RolledBack (sleeping the requeue
+/// delays), as the controller would run them.
+pub async fn until_rolled_back(
+    h: &Harness,
+    req: &Request<'_>,
+    status: &mut ExternalKeyStoreStatus,
+    sink: &mut Recorder,
+) {
+    for _ in 0..500 {
+        let outcome = h.engine.reconcile(req, status, sink).await.expect("pass");
+        if status
+            .operation
+            .as_ref()
+            .is_some_and(|o| o.phase == xks_operator::api::OperationPhase::RolledBack)
+        {
+            return;
+        }
+        match outcome {
+            Outcome::Requeue(d) => tokio::time::sleep(d).await,
+            other => panic!("stopped before a rollback: {other:?}"),
+        }
+    }
+    panic!("never rolled back");
+}
