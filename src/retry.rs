@@ -3,9 +3,9 @@
 //! after how long. The engine asks it for every failed step and every
 //! failed observation, the controller for every Kubernetes API error.
 //!
-//! (Below it, the AWS SDK's adaptive retry mode repeats a single throttled
-//! or dropped request a few times within one call; this policy decides what
-//! happens when a call has failed for good.)
+//! The KMS clients send each call once (no SDK retries): a retry inside a
+//! call would hold a reconcile worker while it waits, and an account that
+//! KMS throttles would then starve every other account's stores.
 
 use crate::error::Class;
 use std::time::Duration;

@@ -50,6 +50,9 @@ impl EmulatorProcess {
     /// and waits for its banner, which names the port it got.
     pub async fn spawn(config: &EmulatorConfig) -> anyhow::Result<Self> {
         let path = config_file(config)?;
+        // Its complaints (a bad config) go to a file: a pipe nobody reads
+        // would block it once full.
+        let errors = path.with_extension("stderr");
         let exe = std::env::current_exe().context("finding this binary")?;
         let spawned = tokio::process::Command::new(exe)
             .arg("emulator")
@@ -57,7 +60,7 @@ impl EmulatorProcess {
             .arg(&path)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&errors).map_or_else(|_| Stdio::null(), Stdio::from))
             .kill_on_drop(true)
             .spawn();
         let banner = match spawned {
@@ -67,7 +70,10 @@ impl EmulatorProcess {
             }
             Err(e) => Err(e).context("starting `xks-operator emulator`"),
         };
+        let said = std::fs::read_to_string(&errors).unwrap_or_default();
         let _ = std::fs::remove_file(&path);
+        let _ = std::fs::remove_file(&errors);
+        let banner = banner.with_context(|| format!("the emulator said: {}", said.trim()));
         let (child, endpoint) = banner?;
         let pid = child.id().context("the emulator exited at once")?;
         Ok(Self {
@@ -124,6 +130,36 @@ impl EmulatorProcess {
     pub async fn operation_stats(&self) -> anyhow::Result<BTreeMap<String, OperationStats>> {
         let stats = self.call(reqwest::Method::GET, "stats", None).await?;
         serde_json::from_value(stats["operations"].clone()).context("reading /_emulator/stats")
+    }
+
+    /// KMS requests by operation of one account and Region.
+    pub async fn operation_stats_in(
+        &self,
+        account: &str,
+        region: &str,
+    ) -> anyhow::Result<BTreeMap<String, OperationStats>> {
+        let path = format!("stats?account={account}&region={region}");
+        let stats = self.call(reqwest::Method::GET, &path, None).await?;
+        serde_json::from_value(stats["operations"].clone()).context("reading /_emulator/stats")
+    }
+
+    /// Sets the faults of one operation (or `*`) in one account and Region.
+    pub async fn set_operation_faults_in(
+        &self,
+        account: &str,
+        region: &str,
+        operation: &str,
+        faults: Option<OperationFaults>,
+    ) -> anyhow::Result<()> {
+        let path = format!("faults/{operation}?account={account}&region={region}");
+        match faults {
+            Some(f) => {
+                self.call(reqwest::Method::PUT, &path, Some(serde_json::to_value(f)?))
+                    .await
+            }
+            None => self.call(reqwest::Method::DELETE, &path, None).await,
+        }
+        .map(drop)
     }
 
     pub async fn reset_stats(&self) -> anyhow::Result<()> {

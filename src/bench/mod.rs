@@ -14,6 +14,7 @@
 //! `emulator` command), so the operator's CPU and memory are this
 //! process's own (see [`cpu`]).
 
+pub mod accounts;
 mod cpu;
 mod emulator_process;
 mod report;
@@ -43,7 +44,13 @@ const KMS_QUOTA_PER_SECOND: f64 = 5.0;
 const KMS_BURST: f64 = 5.0;
 const PRIMARY: &str = "https://xks-primary.example.com";
 /// What `--only` can name.
-const PARTS: [&str; 4] = ["disruption", "throughput", "shared-quota", "soak"];
+const PARTS: [&str; 5] = [
+    "disruption",
+    "throughput",
+    "shared-quota",
+    "accounts",
+    "soak",
+];
 /// The share of the 5/s quota other callers leave in the shared-quota run.
 const SHARED_QUOTA_LEFT: f64 = 3.0;
 const SHARED_QUOTA_MAX_STORES: usize = 100;
@@ -84,7 +91,8 @@ pub struct BenchArgs {
     /// `--kms-rate-limit`).
     #[arg(long, default_value_t = crate::kms::aws::DEFAULT_RATE_PER_SECOND)]
     pub client_rate: f64,
-    /// Run only these parts (disruption, throughput, shared-quota, soak);
+    /// Run only these parts (disruption, throughput, shared-quota,
+    /// accounts, soak);
     /// default all but soak, which runs when `--soak` is given.
     #[arg(long, value_delimiter = ',')]
     pub only: Option<Vec<String>>,
@@ -148,6 +156,8 @@ pub struct Report {
     /// Throughput when KMS throttles below the client's rate.
     pub shared_quota: Vec<Throughput>,
     pub steady_state: Vec<SteadyState>,
+    /// 3 accounts × 2 Regions from one operator.
+    pub accounts: Option<accounts::AccountsReport>,
     pub cost: Option<Cost>,
     pub soak: Option<soak::SoakReport>,
 }
@@ -240,6 +250,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         throughput: Vec::new(),
         shared_quota: Vec::new(),
         steady_state: Vec::new(),
+        accounts: None,
         cost: None,
         soak: None,
     };
@@ -329,11 +340,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             let fleet = Fleet::start(n, plan.transition, KMS_QUOTA_PER_SECOND).await?;
             let before = (cpu::sample(None), cpu::sample(Some(fleet.emu.pid())));
             let started = Instant::now();
-            report.throughput.push(
-                fleet
-                    .create_all(&args, cache, rate, Retry::Adaptive)
-                    .await?,
-            );
+            report
+                .throughput
+                .push(fleet.create_all(&args, cache, rate, Retry::Once).await?);
             if i == last {
                 progress(&args, &format!("steady state, {n} stores"));
                 report.steady_state.push(fleet.drift_round(None).await?);
@@ -358,7 +367,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             .filter(|&n| n <= SHARED_QUOTA_MAX_STORES)
             .max()
             .unwrap_or(SHARED_QUOTA_MAX_STORES);
-        for retry in [Retry::Standard, Retry::Adaptive] {
+        for retry in [Retry::Standard, Retry::Adaptive, Retry::Once] {
             progress(&args, &format!("shared quota, {n} stores, {retry:?} retry"));
             let fleet = Fleet::start(n, plan.transition, SHARED_QUOTA_LEFT).await?;
             let cache = Cache::Shared(run_defaults.describe_cache_ttl);
@@ -369,6 +378,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             );
             fleet.stop().await;
         }
+    }
+
+    if wanted("accounts") {
+        let per_scope = if args.quick { 2 } else { 6 };
+        progress(
+            &args,
+            &format!("3 accounts × 2 Regions, {per_scope} stores each"),
+        );
+        report.accounts = Some(accounts::run(per_scope, args.concurrency).await?);
     }
 
     let soak_for = args.soak.or_else(|| {
@@ -395,6 +413,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         print!("{}", report.markdown());
     } else {
         print!("{}", report.text());
+    }
+    if let Some(a) = report.accounts.as_ref().filter(|a| !a.one_listing_each()) {
+        bail!(
+            "a drift round over several accounts cost more than one listing per account and Region, or left a store out of sync: {:?}",
+            a.scopes
+                .iter()
+                .map(|s| (&s.account, &s.region, s.listings, s.in_sync))
+                .collect::<Vec<_>>()
+        );
     }
     // A failed create or connect is a correctness problem, not a figure.
     let failed: usize = report.throughput.iter().map(|t| t.failed).sum();
@@ -551,7 +578,7 @@ async fn disruption(
     let emu = EmulatorProcess::spawn(&emulated).await?;
     let kms = AwsKeyStores::for_endpoint(&emu.kms_endpoint(), "us-east-1")
         .with_rate_limit(args.client_rate)
-        .with_adaptive_retry();
+        .with_max_attempts(1);
     let engine = Engine::new(
         DescribeCache::new(kms, cache_ttl),
         probe(&emu)?,
@@ -643,9 +670,11 @@ enum Cache {
 /// The SDK retry mode of the operator's KMS client.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Retry {
-    /// Retries throttles, never slows down by itself.
+    /// Each call sent once; the engine's retry policy retries: `run`'s.
+    Once,
+    /// The SDK retries throttles itself, never slows down by itself.
     Standard,
-    /// `run`'s: slows the client down after a throttle.
+    /// The SDK retries and slows the client down after a throttle.
     Adaptive,
 }
 
@@ -710,9 +739,11 @@ impl Fleet {
     ) -> anyhow::Result<Throughput> {
         let mut kms =
             AwsKeyStores::for_endpoint(&self.emu.kms_endpoint(), "us-east-1").with_rate_limit(rate);
-        if retry == Retry::Adaptive {
-            kms = kms.with_adaptive_retry();
-        }
+        kms = match retry {
+            Retry::Once => kms.with_max_attempts(1),
+            Retry::Standard => kms,
+            Retry::Adaptive => kms.with_adaptive_retry(),
+        };
         // `run`'s poll interval and backoff.
         let options = crate::controller::Settings::default().engine;
         let probe = probe(&self.emu)?;
@@ -770,8 +801,9 @@ impl Fleet {
         let quota_minimum_s =
             (n as f64 - KMS_BURST).max(0.0) / self.quota + self.transition.as_secs_f64();
         let retry_label = match retry {
-            Retry::Standard => ", standard retry",
-            Retry::Adaptive => "",
+            Retry::Once => "",
+            Retry::Standard => ", SDK standard retry",
+            Retry::Adaptive => ", SDK adaptive retry",
         };
         Ok(Throughput {
             config: format!("{}, client {rate}/s{retry_label}", cache.label()),

@@ -276,6 +276,15 @@ impl Report {
                 met(s.describe_calls == 1 && s.other_kms_calls == 0)
             ));
         }
+        if let Some(a) = &self.accounts {
+            out.push(format!(
+                "Drift round over 3 accounts × 2 Regions ({} stores each): one listing per account and Region: {}; while KMS throttles every call of one account, the others' round took {:.2} s (without: {:.2} s).",
+                a.stores_per_scope,
+                met(a.one_listing_each()),
+                a.others_round_with_throttling_s,
+                a.others_round_s
+            ));
+        }
         if let Some(c) = &self.cost {
             out.push(format!(
                 "Operator cost for {} resources: {:.2} s CPU, peak RSS {:.1} MiB (the emulator runs in a process of its own).",
@@ -336,6 +345,11 @@ impl Report {
             out.push_str("\nSTEADY STATE (KMS calls of one drift check of every store)\n");
             out.push_str(&self.steady_table().text());
         }
+        if let Some(a) = &self.accounts {
+            out.push_str("\nACCOUNTS (3 accounts × 2 Regions, one drift round)\n");
+            out.push_str(&a.table().text());
+            out.push_str(&format!("{}\n", a.isolation()));
+        }
         if let Some(cost) = self.cost_table() {
             out.push_str("\nCOST (create + connect + two drift rounds)\n");
             out.push_str(&cost.text());
@@ -381,7 +395,7 @@ impl Report {
         if !self.throughput.is_empty() {
             out.push_str("\n## Create and connect N stores under the KMS quota\n\n");
             out.push_str(&format!(
-                "The emulator enforces 5 requests/s per operation (token bucket, burst 5) on every operation. {} reconciles at a time, each calling `Engine::reconcile` and sleeping its requeue delays outside the limit (as the controller does), with `run`'s poll interval and the SDK's adaptive retry mode. Minimum = (N − 5) / 5 s + the emulated CONNECTING time: N creates and N connects each need N/5 s of quota and overlap. `throttled` counts ThrottlingExceptions the emulator answered (SDK retries included); `engine retries` those that reached the engine.\n\n",
+                "The emulator enforces 5 requests/s per operation (token bucket, burst 5) on every operation. {} reconciles at a time, each calling `Engine::reconcile` and sleeping its requeue delays outside the limit (as the controller does), with `run`'s poll interval and its KMS client (each call sent once: a throttle goes back to the engine, which retries it with backoff). Minimum = (N − 5) / 5 s + the emulated CONNECTING time: N creates and N connects each need N/5 s of quota and overlap. `throttled` counts ThrottlingExceptions the emulator answered (SDK retries included); `engine retries` those that reached the engine.\n\n",
                 self.concurrency
             ));
             out.push_str(&throughput_table(&self.throughput).markdown());
@@ -389,7 +403,7 @@ impl Report {
         if !self.shared_quota.is_empty() {
             out.push_str("\n## KMS quota shared with other callers\n\n");
             out.push_str(&format!(
-                "Other callers in the account (a console, a pipeline) use part of each operation's 5/s: the emulator lets {}/s through while the operator's client still spaces its calls for 5/s. The SDK's standard retry mode only retries each throttle; the adaptive mode `run` uses also slows the client down after one.\n\n",
+                "Other callers in the account (a console, a pipeline) use part of each operation's 5/s: the emulator lets {}/s through while the operator's client still spaces its calls for 5/s. The SDK's standard retry mode retries each throttle inside the call; its adaptive mode also slows the client down after one; `run` sends each call once and lets the engine's retry policy requeue the resource (a retry inside the call holds a reconcile worker: see Several accounts below).\n\n",
                 self.shared_quota[0].kms_quota
             ));
             out.push_str(&throughput_table(&self.shared_quota).markdown());
@@ -398,6 +412,15 @@ impl Report {
             out.push_str("\n## Steady state: KMS calls of one drift check of every store\n\n");
             out.push_str("Every store reconciled once (in sync), counted by the emulator (quota lifted: only the count matters).\n\n");
             out.push_str(&self.steady_table().markdown());
+        }
+        if let Some(a) = &self.accounts {
+            out.push_str("\n## Several accounts and Regions from one operator\n\n");
+            out.push_str(&format!(
+                "{} stores in each of 3 accounts × 2 Regions, the two other accounts reached by assuming a role through the emulator's STS; one engine per role and Region as `run` builds them (each with its own describe cache, 5/s client limit and adaptive-retry partition), {} reconciles at a time shared by all. After create + connect, one drift round with fresh caches, counted per account and Region by the emulator:\n\n",
+                a.stores_per_scope, self.concurrency
+            ));
+            out.push_str(&a.table().markdown());
+            out.push_str(&format!("\n{}\n", a.isolation()));
         }
         if let (Some(c), Some(table)) = (&self.cost, self.cost_table()) {
             out.push_str(&format!(

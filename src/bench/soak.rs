@@ -402,11 +402,12 @@ impl Soak {
         }
         let emu = EmulatorProcess::spawn(&config).await?;
         let endpoint = emu.kms_endpoint();
-        // As `run` builds it: the quota as client rate, adaptive retry,
-        // the shared describe cache with its default TTL.
+        // As `run` builds it: the quota as client rate, each call sent
+        // once (the engine retries), the shared describe cache with its
+        // default TTL.
         let kms = AwsKeyStores::for_endpoint(&endpoint, "us-east-1")
             .with_rate_limit(crate::kms::aws::DEFAULT_RATE_PER_SECOND)
-            .with_adaptive_retry();
+            .with_max_attempts(1);
         let defaults = crate::controller::Settings::default();
         let engine = Engine::new(
             DescribeCache::new(kms, defaults.describe_cache_ttl),

@@ -4,9 +4,9 @@
 //! account and Region:
 //! - an optional client-side token bucket per custom-key-store operation, so a
 //!   burst waits here instead of being throttled by KMS (5 requests/s per
-//!   operation per account and Region); with the SDK's adaptive retry mode
-//!   (`from_env`), a throttle caused by other callers of the same quota also
-//!   slows this client down instead of only being retried;
+//!   operation per account and Region); the clients `run` builds send each
+//!   call once, so a throttle (from other callers of the quota) goes back
+//!   to the engine's retry policy instead of holding a reconcile worker;
 //! - counters of calls by operation and outcome, read as a [`KmsCallStats`]
 //!   snapshot by metrics and benchmarks.
 //!
@@ -37,9 +37,9 @@ use std::time::Duration;
 
 /// Default client-side rate in `from_env`: KMS's quota of 5 requests/s per
 /// custom-key-store operation. Spaced evenly, these calls never exceed it
-/// on their own; when other callers share the quota, the adaptive retry
-/// mode slows the client down after their first throttle (BENCHMARKS.md:
-/// 4.5/s cost 11% of throughput and bought no throttle less).
+/// on their own; when other callers share the quota, the throttles go to
+/// the engine, which backs off per resource (BENCHMARKS.md: 4.5/s cost 11%
+/// of throughput and bought no throttle less).
 pub const DEFAULT_RATE_PER_SECOND: f64 = 5.0;
 /// Attempts per call of the SDK's retry (its default).
 const DEFAULT_MAX_ATTEMPTS: u32 = 3;
@@ -164,18 +164,26 @@ fn dummy_credentials() -> Credentials {
 
 impl AwsKeyStores {
     /// The standard AWS config chain (see [`own_config`]). Rate limited at
-    /// [`DEFAULT_RATE_PER_SECOND`] per operation.
+    /// [`DEFAULT_RATE_PER_SECOND`] per operation, each call sent once.
     pub async fn from_env(region: Option<String>) -> Self {
         let config = own_config(region).await;
         Self::from_client(aws_sdk_kms::Client::new(&config))
             .with_rate_limit(DEFAULT_RATE_PER_SECOND)
-            .with_adaptive_retry()
+            .with_max_attempts(1)
     }
 
     /// KMS in `region`, as `base`'s identity or, given `role`, as that role
     /// (assumed with `base`'s identity; the client's identity cache keeps
     /// the credentials and refreshes them before they expire). Rate limited
-    /// at [`DEFAULT_RATE_PER_SECOND`] per operation, adaptive retry.
+    /// at [`DEFAULT_RATE_PER_SECOND`] per operation.
+    ///
+    /// Each call is sent once: the SDK does not retry (nor, in its adaptive
+    /// mode, hold calls back) on its own. A throttle or a dropped connection
+    /// returns at once to the engine, whose retry policy (`crate::retry`)
+    /// requeues the resource with backoff and frees its worker. Retrying
+    /// inside the call held the worker, so an account KMS throttles took
+    /// every worker and stalled the stores of every other account
+    /// (BENCHMARKS.md, "Several accounts": 0.04 s → 90 s).
     pub async fn new(base: &SdkConfig, region: &str, role: Option<&AssumedRole>) -> Self {
         let mut config =
             aws_sdk_kms::config::Builder::from(base).region(Region::new(region.to_owned()));
@@ -183,9 +191,10 @@ impl AwsKeyStores {
             config = config.credentials_provider(role.provider(base, region).await);
         }
         let mut kms = Self::from_client(aws_sdk_kms::Client::from_conf(config.build()))
-            .with_rate_limit(DEFAULT_RATE_PER_SECOND);
+            .with_rate_limit(DEFAULT_RATE_PER_SECOND)
+            .with_max_attempts(1);
         kms.role = role.map(|r| r.arn.clone());
-        kms.with_adaptive_retry()
+        kms
     }
 
     /// Wraps a ready client, without rate limiting.
