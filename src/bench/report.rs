@@ -416,7 +416,7 @@ impl Report {
         if let Some(a) = &self.accounts {
             out.push_str("\n## Several accounts and Regions from one operator\n\n");
             out.push_str(&format!(
-                "{} stores in each of 3 accounts × 2 Regions, the two other accounts reached by assuming a role through the emulator's STS; one engine per role and Region as `run` builds them (each with its own describe cache, 5/s client limit and adaptive-retry partition), {} reconciles at a time shared by all. After create + connect, one drift round with fresh caches, counted per account and Region by the emulator:\n\n",
+                "{} stores in each of 3 accounts × 2 Regions, the two other accounts reached by assuming a role through the emulator's STS; one engine per role and Region as `run` builds them (each with its own describe cache and 5/s client limit, each KMS call sent once), {} reconciles at a time shared by all. After create + connect, one drift round with fresh caches, counted per account and Region by the emulator:\n\n",
                 a.stores_per_scope, self.concurrency
             ));
             out.push_str(&a.table().markdown());
