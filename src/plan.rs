@@ -205,7 +205,7 @@ pub fn decide(input: &PlanInput<'_>) -> Decision {
             OperationPhase::Failed | OperationPhase::RolledBack => {
                 return Decision::Blocked {
                     message: format!(
-                        "the last attempt at this change ended {:?}: {}; change the spec or the Secret, or request a reconcile, to try again",
+                        "the last attempt at this change ended {}: {}; change the spec or the Secret, or request a reconcile, to try again",
                         op.phase,
                         op.message.as_deref().unwrap_or("see status.operation")
                     ),

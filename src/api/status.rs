@@ -367,6 +367,18 @@ pub enum StepState {
     Skipped,
 }
 
+impl fmt::Display for StepState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Pending => "Pending",
+            Self::Running => "Running",
+            Self::Succeeded => "Succeeded",
+            Self::Failed => "Failed",
+            Self::Skipped => "Skipped",
+        })
+    }
+}
+
 impl StepState {
     pub fn is_done(self) -> bool {
         matches!(self, Self::Succeeded | Self::Skipped)

@@ -36,14 +36,14 @@ impl StatusSink for LiveTable {
         {
             let mut out = std::io::stdout().lock();
             for step in &op.steps {
-                let key = (format!("{:?}", step.name), step.state, step.message.clone());
+                let key = (step.name.to_string(), step.state, step.message.clone());
                 if step.state != StepState::Pending && !self.printed.contains(&key) {
                     let _ = writeln!(
                         out,
                         "  {:<10} {:<18} {:<10} {}",
                         self.label,
                         key.0,
-                        format!("{:?}", step.state),
+                        step.state.to_string(),
                         step.message.as_deref().unwrap_or("")
                     );
                     self.printed.push(key);
@@ -58,7 +58,7 @@ impl StatusSink for LiveTable {
 /// The step table of an operation, one line per step.
 pub fn render(op: &Operation) -> String {
     let mut out = format!(
-        "operation: {}  phase: {:?}  disruptive: {}\n",
+        "operation: {}  phase: {}  disruptive: {}\n",
         op.trigger, op.phase, op.disruptive
     );
     out.push_str(&format!(
@@ -79,8 +79,8 @@ pub fn render(op: &Operation) -> String {
         out.push_str(&format!(
             "  {:<3} {:<18} {:<10} {:<8} {}\n",
             i + 1,
-            format!("{name:?}"),
-            format!("{state:?}"),
+            name.to_string(),
+            state.to_string(),
             attempts,
             message.as_deref().unwrap_or("")
         ));
