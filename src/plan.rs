@@ -734,25 +734,30 @@ mod tests {
         assert!(!diff.vpc_endpoint_service_owner);
     }
 
-    #[test]
-    fn same_target_that_failed_is_blocked_until_something_changes() {
-        let mut d = desired();
-        let s = observed_from(&d, ConnectionState::Connected);
-        d.proxy.uri_endpoint = "https://xks-b.example.com".into();
-        let op = Operation {
+    /// An operation toward `d` that ended RolledBack.
+    fn rolled_back(d: &Desired, retry_after_rollback: bool) -> Operation {
+        Operation {
             trigger: "uriEndpoint changed".into(),
             phase: OperationPhase::RolledBack,
             disruptive: true,
-            target: target_digest(&d, false),
+            target: target_digest(d, false),
             generation: Some(2),
             started_at: "t".into(),
             finished_at: None,
             steps: vec![],
             previous: None,
             message: Some("Connect failed".into()),
-            retry_after_rollback: false,
-            transient_rollbacks: 0,
-        };
+            retry_after_rollback,
+            transient_rollbacks: u32::from(retry_after_rollback),
+        }
+    }
+
+    #[test]
+    fn same_target_that_failed_is_blocked_until_something_changes() {
+        let mut d = desired();
+        let s = observed_from(&d, ConnectionState::Connected);
+        d.proxy.uri_endpoint = "https://xks-b.example.com".into();
+        let op = rolled_back(&d, false);
         let input = PlanInput {
             desired: &d,
             observed: Some(&s),
@@ -780,18 +785,8 @@ mod tests {
         let s = observed_from(&d, ConnectionState::Connected);
         d.proxy.uri_endpoint = "https://xks-b.example.com".into();
         let op = Operation {
-            trigger: "uriEndpoint changed".into(),
-            phase: OperationPhase::RolledBack,
-            disruptive: true,
-            target: target_digest(&d, false),
-            generation: Some(2),
-            started_at: "t".into(),
-            finished_at: None,
-            steps: vec![],
-            previous: None,
-            message: Some("Connect failed: XKS_PROXY_TIMED_OUT".into()),
-            retry_after_rollback: true,
             transient_rollbacks: 2,
+            ..rolled_back(&d, true)
         };
         let waiting = PlanInput {
             desired: &d,

@@ -436,17 +436,7 @@ async fn failed_reconnect_rolls_back_to_the_previous_endpoint() {
     // Preflight, which the dead replica fails: the store is not disconnected
     // again, and the resource is Reconciling, not Stalled.
     let disconnects = calls(&h, "DisconnectCustomKeyStore");
-    for _ in 0..30 {
-        match h
-            .engine
-            .reconcile(&req, &mut status, &mut sink)
-            .await
-            .expect("pass")
-        {
-            Outcome::Requeue(d) => tokio::time::sleep(d).await,
-            other => panic!("stopped retrying: {other:?}"),
-        }
-    }
+    passes_until(&h, &req, &mut status, &mut sink, 30, |_| false).await;
     assert_eq!(calls(&h, "DisconnectCustomKeyStore"), disconnects);
     assert_connected_at(&h, PRIMARY).await;
     assert!(!conditions::is_true(&status, conditions::STALLED));
@@ -585,27 +575,8 @@ async fn a_transient_connection_failure_without_rollback_reconnects_by_itself() 
     res.spec.rollback = xks_operator::api::RollbackPolicy::Disabled;
     let mut sink = Recorder::replica_dies_after(&h, StepName::HealthCheck);
     let req = request(&res, credential());
-    let mut retried = None;
-    for _ in 0..200 {
-        match h
-            .engine
-            .reconcile(&req, &mut status, &mut sink)
-            .await
-            .expect("pass")
-        {
-            Outcome::Requeue(d) => tokio::time::sleep(d).await,
-            other => panic!("stopped retrying: {other:?}"),
-        }
-        if let Some(r) = status
-            .retry
-            .clone()
-            .filter(|r| r.step == Some(StepName::Connect))
-        {
-            retried = Some(r);
-            break;
-        }
-    }
-    let retry = retried.expect("the failed Connect is retried");
+    until_connect_is_retried(&h, &req, &mut status, &mut sink).await;
+    let retry = status.retry.clone().expect("the failed Connect is retried");
     assert_eq!(retry.reason, "XksProxyNotReachable");
     assert!(
         retry.last_error.contains("XKS_PROXY_NOT_REACHABLE"),
@@ -803,24 +774,7 @@ async fn a_rollback_after_failures_that_can_pass_is_tried_again_by_itself() {
         ..Recorder::default()
     };
     let req = request(&res, credential());
-    for _ in 0..500 {
-        let outcome = h
-            .engine
-            .reconcile(&req, &mut status, &mut sink)
-            .await
-            .expect("pass");
-        if status
-            .operation
-            .as_ref()
-            .is_some_and(|o| o.phase == OperationPhase::RolledBack)
-        {
-            break;
-        }
-        match outcome {
-            Outcome::Requeue(d) => tokio::time::sleep(d).await,
-            other => panic!("stopped: {other:?}"),
-        }
-    }
+    until_rolled_back(&h, &req, &mut status, &mut sink).await;
     let op = status.operation.clone().expect("operation");
     assert_eq!(op.phase, OperationPhase::RolledBack);
     assert!(op.retry_after_rollback);

@@ -607,24 +607,7 @@ async fn a_crash_before_the_reconnecting_disconnect_counts_no_failure() {
     res.spec.proxy.uri_endpoint = REPLICA.into();
     let mut sink = Recorder::replica_dies_after(&h, StepName::HealthCheck);
     let req = request(&res, credential());
-    for _ in 0..200 {
-        match h
-            .engine
-            .reconcile(&req, &mut status, &mut sink)
-            .await
-            .expect("pass")
-        {
-            Outcome::Requeue(d) => tokio::time::sleep(d).await,
-            other => panic!("stopped retrying: {other:?}"),
-        }
-        if status
-            .retry
-            .as_ref()
-            .is_some_and(|r| r.step == Some(StepName::Connect))
-        {
-            break;
-        }
-    }
+    until_connect_is_retried(&h, &req, &mut status, &mut sink).await;
     let failures = status.retry.as_ref().map(|r| r.attempts);
     assert_eq!(failures, Some(1), "one real connection failure");
     let connects = calls(&h, "ConnectCustomKeyStore");

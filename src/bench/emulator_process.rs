@@ -151,15 +151,11 @@ impl EmulatorProcess {
         operation: &str,
         faults: Option<OperationFaults>,
     ) -> anyhow::Result<()> {
-        let path = format!("faults/{operation}?account={account}&region={region}");
-        match faults {
-            Some(f) => {
-                self.call(reqwest::Method::PUT, &path, Some(serde_json::to_value(f)?))
-                    .await
-            }
-            None => self.call(reqwest::Method::DELETE, &path, None).await,
-        }
-        .map(drop)
+        self.put_faults(
+            &format!("faults/{operation}?account={account}&region={region}"),
+            faults,
+        )
+        .await
     }
 
     pub async fn reset_stats(&self) -> anyhow::Result<()> {
@@ -174,13 +170,18 @@ impl EmulatorProcess {
         operation: &str,
         faults: Option<OperationFaults>,
     ) -> anyhow::Result<()> {
-        let path = format!("faults/{operation}");
+        self.put_faults(&format!("faults/{operation}"), faults)
+            .await
+    }
+
+    /// PUT (or with `None` DELETE) the faults at `path`.
+    async fn put_faults(&self, path: &str, faults: Option<OperationFaults>) -> anyhow::Result<()> {
         match faults {
             Some(f) => {
-                self.call(reqwest::Method::PUT, &path, Some(serde_json::to_value(f)?))
+                self.call(reqwest::Method::PUT, path, Some(serde_json::to_value(f)?))
                     .await
             }
-            None => self.call(reqwest::Method::DELETE, &path, None).await,
+            None => self.call(reqwest::Method::DELETE, path, None).await,
         }
         .map(drop)
     }

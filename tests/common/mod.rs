@@ -319,27 +319,57 @@ pub fn fast_options() -> EngineOptions {
     }
 }
 
-/// Passes of `req` until its operation is RolledBack (sleeping the requeue
-/// delays), as the controller would run them.
+/// Up to `max` passes of `req` (sleeping their requeue delays, as the
+/// controller would), until `done` holds; every pass must ask to be called
+/// again. Returns whether `done` held.
+pub async fn passes_until(
+    h: &Harness,
+    req: &Request<'_>,
+    status: &mut ExternalKeyStoreStatus,
+    sink: &mut Recorder,
+    max: usize,
+    done: impl Fn(&ExternalKeyStoreStatus) -> bool,
+) -> bool {
+    for _ in 0..max {
+        match h.engine.reconcile(req, status, sink).await.expect("pass") {
+            Outcome::Requeue(d) => tokio::time::sleep(d).await,
+            other => panic!("stopped retrying: {other:?}"),
+        }
+        if done(status) {
+            return true;
+        }
+    }
+    false
+}
+
+/// Passes of `req` until its operation is RolledBack.
 pub async fn until_rolled_back(
     h: &Harness,
     req: &Request<'_>,
     status: &mut ExternalKeyStoreStatus,
     sink: &mut Recorder,
 ) {
-    for _ in 0..500 {
-        let outcome = h.engine.reconcile(req, status, sink).await.expect("pass");
-        if status
-            .operation
+    let rolled_back = passes_until(h, req, status, sink, 500, |s| {
+        s.operation
             .as_ref()
             .is_some_and(|o| o.phase == xks_operator::api::OperationPhase::RolledBack)
-        {
-            return;
-        }
-        match outcome {
-            Outcome::Requeue(d) => tokio::time::sleep(d).await,
-            other => panic!("stopped before a rollback: {other:?}"),
-        }
-    }
-    panic!("never rolled back");
+    })
+    .await;
+    assert!(rolled_back, "never rolled back");
+}
+
+/// Passes of `req` until a failed Connect is being retried.
+pub async fn until_connect_is_retried(
+    h: &Harness,
+    req: &Request<'_>,
+    status: &mut ExternalKeyStoreStatus,
+    sink: &mut Recorder,
+) {
+    let retried = passes_until(h, req, status, sink, 200, |s| {
+        s.retry
+            .as_ref()
+            .is_some_and(|r| r.step == Some(StepName::Connect))
+    })
+    .await;
+    assert!(retried, "the failed Connect was never retried");
 }
