@@ -419,7 +419,11 @@ impl Soak {
             defaults.engine,
         );
         Ok(Self {
-            direct: AwsKeyStores::for_endpoint(&endpoint, "us-east-1"),
+            // The final checks' own calls keep under KMS's quota: `wait`
+            // polls DescribeCustomKeyStores, which KMS throttles beyond
+            // 5/s, and a throttled check would end the soak with an error.
+            direct: AwsKeyStores::for_endpoint(&endpoint, "us-east-1")
+                .with_rate_limit(crate::kms::aws::DEFAULT_RATE_PER_SECOND),
             emu,
             engine,
             members,
@@ -994,7 +998,7 @@ impl Soak {
                     bail!("FAILED with {}", code.unwrap_or_default())
                 }
                 _ if Instant::now() > deadline => bail!("not {want} within 30 s"),
-                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+                _ => tokio::time::sleep(Duration::from_millis(250)).await,
             }
         }
     }
