@@ -387,6 +387,14 @@ impl<B: Backend> Context<B> {
         engine
     }
 
+    /// The Region of a resource's store: its own, else the operator's.
+    pub fn region_of(&self, obj: &ExternalKeyStore) -> Option<String> {
+        obj.spec
+            .region
+            .clone()
+            .or_else(|| self.backend.default_region())
+    }
+
     /// The account a store lives in: its role's, or the operator's own.
     pub fn account_of(&self, role_arn: Option<&str>) -> Option<String> {
         match role_arn {

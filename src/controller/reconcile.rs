@@ -4,12 +4,14 @@
 
 use super::status::StatusWriter;
 use super::{Backend, Context, health, parse_duration, secrets};
+use crate::api::ExternalKeyStoreStatus;
 use crate::api::{DeletionPolicy, ExternalKeyStore, FINALIZER, FLUX_REQUESTED_AT};
 use crate::claims::Scope;
 use crate::engine::conditions::{self, STALLED, Summary};
 use crate::engine::{Clock, EngineError, Outcome, Request, SinkError, StatusSink, SystemClock};
 use crate::error::ErrorCategory;
 use crate::kms::identity::AssumedRole;
+use crate::xks::ProxyProbe;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
@@ -56,208 +58,268 @@ pub async fn reconcile<B: Backend>(
     Ok(action)
 }
 
+/// Guards → observe → decide (the engine) → dispatch.
 async fn reconcile_once<B: Backend>(
     obj: &Arc<ExternalKeyStore>,
     ctx: &Arc<Context<B>>,
 ) -> Result<Action, Error> {
     ctx.metrics.reconcile_started();
-    let (Some(namespace), Some(name)) = (obj.metadata.namespace.clone(), obj.metadata.name.clone())
-    else {
-        return Err(Error::Unnamed);
-    };
-    let api: Api<ExternalKeyStore> = Api::namespaced(ctx.client.clone(), &namespace);
-    let uid = obj.metadata.uid.clone().unwrap_or_default();
-    let recorded = ctx.statuses.get(&uid).or_else(|| obj.status.clone());
-    let account = ctx
-        .account_of(obj.spec.role_arn.as_deref())
-        .unwrap_or_default();
-    let store_region = obj
-        .spec
-        .region
-        .clone()
-        .or_else(|| ctx.backend.default_region())
-        .unwrap_or_default();
-    let mut sink = StatusWriter::new(
-        api.clone(),
-        obj,
-        recorded.clone(),
-        &ctx.recorder,
-        &ctx.metrics,
-        &ctx.statuses,
-    )
-    .in_scope(account, store_region);
-    let deleting = obj.metadata.deletion_timestamp.is_some();
-    let has_finalizer = obj.finalizers().iter().any(|f| f == FINALIZER);
-    let generation = obj.metadata.generation;
-
-    if deleting && !has_finalizer {
-        // Not ours to hold up (or already released).
-        ctx.statuses.forget(&uid);
-        return Ok(Action::await_change());
+    let mut pass = Pass::new(obj, ctx)?;
+    if let Some(done) = pass.lifecycle().await? {
+        return Ok(done);
     }
-    let first_sight = recorded.is_none();
-    let mut status = recorded.unwrap_or_default();
-    if first_sight && !deleting {
-        // Written before anything else so kstatus-aware tools (Flux, Argo
-        // CD, kubectl wait) see the resource is being worked on at once.
-        conditions::set(
-            &mut status,
-            Summary::Progressing,
-            "Initializing",
-            "the operator has seen the resource and is reconciling it",
-            generation,
-            &SystemClock.now(),
-        );
-        sink.write(&status).await?;
-    }
-    if !deleting && !has_finalizer {
-        let mut finalizers = obj.finalizers().to_vec();
-        finalizers.push(FINALIZER.to_string());
-        let rv = set_finalizers(&api, &name, finalizers, sink.resource_version()).await?;
-        sink.set_resource_version(rv);
-    }
-    if deleting && obj.spec.deletion_policy == DeletionPolicy::Retain {
-        // Retain leaves the store as it is: no need to even look at it.
-        remove_finalizer(&api, obj, sink.resource_version()).await?;
-        ctx.statuses.forget(&uid);
-        sink.event(
-            EventType::Normal,
-            "Released",
-            "Delete",
-            "deletionPolicy is Retain: the store is left untouched in KMS",
-        )
-        .await;
-        tracing::info!(%namespace, %name, "released (deletionPolicy Retain)");
-        return Ok(Action::await_change());
-    }
-
-    let target = match resolve_target(obj, ctx, &namespace).await? {
+    let target = match resolve_target(obj, ctx, &pass.namespace).await? {
         Ok(target) => target,
-        Err((category, message)) => {
-            // Refused before any AWS call: only the resource can fix it.
-            status.observed_generation = generation;
-            conditions::set(
-                &mut status,
-                Summary::Stalled,
-                category.reason(),
-                &message,
-                generation,
-                &SystemClock.now(),
-            );
-            sink.write(&status).await?;
-            ctx.metrics.failed(category.reason());
-            return Ok(Action::await_change());
-        }
+        Err(refusal) => return pass.refuse(refusal).await,
     };
-
     // The claim rule needs every watched resource: until each listing is
     // complete, a holder could be missing from it.
     if !ctx.cache.synced() {
         return Ok(Action::requeue(CACHE_WAIT));
     }
-    let default_region = ctx.backend.default_region();
-    let rivals = ctx.cache.rivals(&uid, &ctx.statuses, |other| {
-        Some(Scope {
-            account: ctx.account_of(other.spec.role_arn.as_deref()),
-            region: other
-                .spec
-                .region
-                .clone()
-                .or_else(|| default_region.clone())?,
-        })
-    });
+    let request = pass.request().await?;
+    let engine = ctx.engine(&target.region, target.role.as_ref()).await;
+    let outcome = engine
+        .reconcile(&request, &mut pass.status, &mut pass.sink)
+        .await?;
+    tracing::debug!(namespace = %pass.namespace, name = %pass.name, region = %target.region, ?outcome, "reconciled");
+    let next_check = pass
+        .watch_health(&engine.probe, &target.region, &request, outcome)
+        .await?;
+    pass.dispatch(outcome, next_check).await
+}
 
-    let credential = secrets::read_credential(
-        ctx.client.clone(),
-        &namespace,
-        &obj.spec.proxy.credentials_secret_ref,
-    )
-    .await
-    .map_err(Error::Kube)?;
-    let request = Request {
-        resource: obj,
-        credential,
-        approved: crate::api::is_approved(obj),
-        deleting,
-        requested_at: obj.annotations().get(FLUX_REQUESTED_AT).cloned(),
-        rivals,
-    };
-    let region = target.region;
-    let engine = ctx.engine(&region, target.role.as_ref()).await;
-    let outcome = engine.reconcile(&request, &mut status, &mut sink).await?;
-    tracing::debug!(%namespace, %name, %region, ?outcome, "reconciled");
-    // After the engine, so a check never delays a change; None when the
-    // watch has nothing to say about the requeue.
-    let next_check = if deleting {
-        None
-    } else {
-        health::watch(
-            &engine.probe,
-            ctx.settings.proxy_health_interval,
+/// One pass over one resource: what it read once, and the status it
+/// computes and writes through `sink`.
+struct Pass<'a, B: Backend> {
+    obj: &'a ExternalKeyStore,
+    ctx: &'a Context<B>,
+    api: Api<ExternalKeyStore>,
+    namespace: String,
+    name: String,
+    uid: String,
+    deleting: bool,
+    /// No status recorded yet: the operator sees the resource first.
+    first_sight: bool,
+    status: ExternalKeyStoreStatus,
+    sink: StatusWriter<'a>,
+}
+
+impl<'a, B: Backend> Pass<'a, B> {
+    fn new(obj: &'a ExternalKeyStore, ctx: &'a Context<B>) -> Result<Self, Error> {
+        let (Some(namespace), Some(name)) =
+            (obj.metadata.namespace.clone(), obj.metadata.name.clone())
+        else {
+            return Err(Error::Unnamed);
+        };
+        let api: Api<ExternalKeyStore> = Api::namespaced(ctx.client.clone(), &namespace);
+        let uid = obj.metadata.uid.clone().unwrap_or_default();
+        // The memory is newer than the watch cache: it holds our own writes.
+        let recorded = ctx.statuses.get(&uid).or_else(|| obj.status.clone());
+        let sink = StatusWriter::new(
+            api.clone(),
             obj,
-            &region,
+            recorded.clone(),
+            &ctx.recorder,
+            &ctx.metrics,
+            &ctx.statuses,
+        )
+        .in_scope(
+            ctx.account_of(obj.spec.role_arn.as_deref())
+                .unwrap_or_default(),
+            ctx.region_of(obj).unwrap_or_default(),
+        );
+        Ok(Self {
+            obj,
+            ctx,
+            api,
+            namespace,
+            name,
+            uid,
+            deleting: obj.metadata.deletion_timestamp.is_some(),
+            first_sight: recorded.is_none(),
+            status: recorded.unwrap_or_default(),
+            sink,
+        })
+    }
+
+    /// The finalizer and the first status; deletion where KMS has no say.
+    /// `Some` when the pass is over.
+    async fn lifecycle(&mut self) -> Result<Option<Action>, Error> {
+        let has_finalizer = self.obj.finalizers().iter().any(|f| f == FINALIZER);
+        if self.deleting && !has_finalizer {
+            // Not ours to hold up (or already released).
+            self.ctx.statuses.forget(&self.uid);
+            return Ok(Some(Action::await_change()));
+        }
+        if self.first_sight && !self.deleting {
+            // Written before anything else so kstatus-aware tools (Flux, Argo
+            // CD, kubectl wait) see the resource is being worked on at once.
+            conditions::set(
+                &mut self.status,
+                Summary::Progressing,
+                "Initializing",
+                "the operator has seen the resource and is reconciling it",
+                self.obj.metadata.generation,
+                &SystemClock.now(),
+            );
+            self.sink.write(&self.status).await?;
+        }
+        if !self.deleting && !has_finalizer {
+            let mut finalizers = self.obj.finalizers().to_vec();
+            finalizers.push(FINALIZER.to_string());
+            let rv = set_finalizers(
+                &self.api,
+                &self.name,
+                finalizers,
+                self.sink.resource_version(),
+            )
+            .await?;
+            self.sink.set_resource_version(rv);
+        }
+        if self.deleting && self.obj.spec.deletion_policy == DeletionPolicy::Retain {
+            // Retain leaves the store as it is: no need to even look at it.
+            self.release("deletionPolicy is Retain: the store is left untouched in KMS")
+                .await?;
+            return Ok(Some(Action::await_change()));
+        }
+        Ok(None)
+    }
+
+    /// Refused before any AWS call: only a change of the resource (or of
+    /// what the cluster admin allows) can fix it.
+    async fn refuse(
+        &mut self,
+        (category, message): (ErrorCategory, String),
+    ) -> Result<Action, Error> {
+        let generation = self.obj.metadata.generation;
+        self.status.observed_generation = generation;
+        conditions::set(
+            &mut self.status,
+            Summary::Stalled,
+            category.reason(),
+            &message,
+            generation,
+            &SystemClock.now(),
+        );
+        self.sink.write(&self.status).await?;
+        self.ctx.metrics.failed(category.reason());
+        Ok(Action::await_change())
+    }
+
+    /// What the engine needs besides the resource: the credential, the
+    /// approval, and the other resources that may name the same store.
+    async fn request(&self) -> Result<Request<'a>, Error> {
+        let ctx = self.ctx;
+        let rivals = ctx.cache.rivals(&self.uid, &ctx.statuses, |other| {
+            Some(Scope {
+                account: ctx.account_of(other.spec.role_arn.as_deref()),
+                region: ctx.region_of(other)?,
+            })
+        });
+        let credential = secrets::read_credential(
+            ctx.client.clone(),
+            &self.namespace,
+            &self.obj.spec.proxy.credentials_secret_ref,
+        )
+        .await
+        .map_err(Error::Kube)?;
+        Ok(Request {
+            resource: self.obj,
+            credential,
+            approved: crate::api::is_approved(self.obj),
+            deleting: self.deleting,
+            requested_at: self.obj.annotations().get(FLUX_REQUESTED_AT).cloned(),
+            rivals,
+        })
+    }
+
+    /// The proxy's health, after the engine so a check never delays a
+    /// change. When the next check is due; `None` when the watch has
+    /// nothing to say about the requeue.
+    async fn watch_health<P: ProxyProbe>(
+        &mut self,
+        probe: &P,
+        region: &str,
+        request: &Request<'_>,
+        outcome: Outcome,
+    ) -> Result<Option<Duration>, Error> {
+        if self.deleting {
+            return Ok(None);
+        }
+        Ok(health::watch(
+            probe,
+            self.ctx.settings.proxy_health_interval,
+            self.obj,
+            region,
             &request.credential,
             outcome,
-            &mut status,
-            &mut sink,
+            &mut self.status,
+            &mut self.sink,
         )
-        .await?
-    };
-    let settled = |after: Duration| next_check.map_or(after, |check| after.min(check));
+        .await?)
+    }
 
-    let drift = drift_interval(obj, ctx.settings.drift_interval);
-    Ok(match outcome {
-        Outcome::Released if deleting => {
-            remove_finalizer(&api, obj, sink.resource_version()).await?;
-            ctx.statuses.forget(&uid);
-            sink.event(
-                EventType::Normal,
-                "Released",
-                "Delete",
-                "deletionPolicy is Delete: the store is deleted from KMS (or was already gone)",
-            )
+    /// When the controller looks again, from the engine's outcome; a
+    /// deletion the engine finished releases the resource.
+    async fn dispatch(
+        &mut self,
+        outcome: Outcome,
+        next_check: Option<Duration>,
+    ) -> Result<Action, Error> {
+        let drift = drift_interval(self.obj, self.ctx.settings.drift_interval);
+        let settled = |after: Duration| next_check.map_or(after, |check| after.min(check));
+        Ok(match outcome {
+            Outcome::Released if self.deleting => {
+                self.release(
+                    "deletionPolicy is Delete: the store is deleted from KMS (or was already gone)",
+                )
+                .await?;
+                Action::await_change()
+            }
+            Outcome::Claimed if self.deleting => {
+                // Not the holder: the store is someone else's, leave it be.
+                let held = conditions::get(&self.status, STALLED)
+                    .map_or_else(String::new, |c| c.message.clone());
+                self.release(&format!("the store was left untouched: {held}"))
+                    .await?;
+                Action::await_change()
+            }
+            // Nothing wakes a resource when its holder goes away: look again
+            // soon (a cache lookup, no API or KMS call while nothing changes).
+            Outcome::Claimed => Action::requeue(jitter(CLAIM_RECHECK.min(drift))),
+            // Not shortened for a health check: the engine does not wait for a
+            // retry's due time by itself, the requeue is what paces it.
+            Outcome::Requeue(after) => Action::requeue(after),
+            Outcome::Stalled => {
+                let reason =
+                    conditions::get(&self.status, STALLED).map_or("Stalled", |c| c.reason.as_str());
+                self.ctx.metrics.failed(reason);
+                Action::requeue(settled(jitter(drift)))
+            }
+            Outcome::InSync | Outcome::Observed | Outcome::Released => {
+                Action::requeue(settled(jitter(drift)))
+            }
+            // Only a change of the resource (approval annotation, spec) moves
+            // these on, and every change wakes the controller; meanwhile the
+            // store still serves at its current proxy, which stays watched.
+            Outcome::AwaitingApproval | Outcome::Suspended => match next_check {
+                Some(check) => Action::requeue(check),
+                None => Action::await_change(),
+            },
+        })
+    }
+
+    /// Lets Kubernetes delete the resource, and says why.
+    async fn release(&mut self, why: &str) -> Result<(), Error> {
+        remove_finalizer(&self.api, self.obj, self.sink.resource_version()).await?;
+        self.ctx.statuses.forget(&self.uid);
+        self.sink
+            .event(EventType::Normal, "Released", "Delete", why)
             .await;
-            tracing::info!(%namespace, %name, "released (deletionPolicy Delete)");
-            Action::await_change()
-        }
-        Outcome::Claimed if deleting => {
-            // Not the holder: the store is someone else's, leave it be.
-            remove_finalizer(&api, obj, sink.resource_version()).await?;
-            ctx.statuses.forget(&uid);
-            let held =
-                conditions::get(&status, STALLED).map_or_else(String::new, |c| c.message.clone());
-            sink.event(
-                EventType::Normal,
-                "Released",
-                "Delete",
-                &format!("the store was left untouched: {held}"),
-            )
-            .await;
-            tracing::info!(%namespace, %name, "released without touching a store another resource holds");
-            Action::await_change()
-        }
-        // Nothing wakes a resource when its holder goes away: look again
-        // soon (a cache lookup, no API or KMS call while nothing changes).
-        Outcome::Claimed => Action::requeue(jitter(CLAIM_RECHECK.min(drift))),
-        // Not shortened for a health check: the engine does not wait for a
-        // retry's due time by itself, the requeue is what paces it.
-        Outcome::Requeue(after) => Action::requeue(after),
-        Outcome::Stalled => {
-            let reason = conditions::get(&status, STALLED).map_or("Stalled", |c| c.reason.as_str());
-            ctx.metrics.failed(reason);
-            Action::requeue(settled(jitter(drift)))
-        }
-        Outcome::InSync | Outcome::Observed | Outcome::Released => {
-            Action::requeue(settled(jitter(drift)))
-        }
-        // Only a change of the resource (approval annotation, spec) moves
-        // these on, and every change wakes the controller; meanwhile the
-        // store still serves at its current proxy, which stays watched.
-        Outcome::AwaitingApproval | Outcome::Suspended => match next_check {
-            Some(check) => Action::requeue(check),
-            None => Action::await_change(),
-        },
-    })
+        tracing::info!(namespace = %self.namespace, name = %self.name, why, "released");
+        Ok(())
+    }
 }
 
 /// After an error the controller retries later, backing off per object as
@@ -307,12 +369,7 @@ async fn resolve_target<B: Backend>(
     ctx: &Context<B>,
     namespace: &str,
 ) -> Result<Result<Target, (ErrorCategory, String)>, Error> {
-    let Some(region) = obj
-        .spec
-        .region
-        .clone()
-        .or_else(|| ctx.backend.default_region())
-    else {
+    let Some(region) = ctx.region_of(obj) else {
         return Ok(Err((
             ErrorCategory::InvalidSpec,
             "no AWS Region: set spec.region, or give the operator one (AWS_REGION or its AWS configuration)".into(),
