@@ -31,7 +31,7 @@ use super::report::Table;
 use super::{KMS_QUOTA_PER_SECOND, fleet_config, probe, quota_faults};
 use crate::api::{ExternalKeyStore, ExternalKeyStoreStatus, OperationPhase};
 use crate::controller::describe_cache::DescribeCache;
-use crate::engine::{Engine, Outcome, Request, SinkError, StatusSink};
+use crate::engine::{Engine, Outcome, Request, SinkError, StatusSink, camel_reason};
 use crate::error::{Class, ErrorCategory, connection_error_class};
 use crate::kms::KeyStores;
 use crate::kms::aws::AwsKeyStores;
@@ -1435,7 +1435,7 @@ fn rollback_started(
         None => {
             let code = after.connection_error_code.as_deref();
             let reason = match (step, code) {
-                (crate::api::StepName::Connect, Some(code)) => camel(code),
+                (crate::api::StepName::Connect, Some(code)) => camel_reason(code),
                 _ => "a failure the policy did not retry".to_string(),
             };
             RollbackCause {
@@ -1495,7 +1495,7 @@ fn stall_written(
         );
     }
     let class = match after.connection_error_code.as_deref() {
-        Some(code) if camel(code) == now.reason => Some(connection_error_class(code)),
+        Some(code) if camel_reason(code) == now.reason => Some(connection_error_class(code)),
         _ => class_of_reason(&now.reason),
     };
     Some(Stall {
@@ -1503,22 +1503,6 @@ fn stall_written(
         reason: now.reason.clone(),
         class,
     })
-}
-
-/// `XKS_PROXY_NOT_REACHABLE` → `XksProxyNotReachable`, as condition
-/// reasons spell ConnectionErrorCodes.
-fn camel(code: &str) -> String {
-    code.split('_')
-        .filter(|w| !w.is_empty())
-        .map(|w| {
-            let lower = w.to_ascii_lowercase();
-            let mut chars = lower.chars();
-            chars
-                .next()
-                .map(|c| c.to_ascii_uppercase().to_string() + chars.as_str())
-                .unwrap_or_default()
-        })
-        .collect()
 }
 
 /// The class of a condition reason, from the operator's own tables: an
@@ -1531,7 +1515,7 @@ fn class_of_reason(reason: &str) -> Option<Class> {
     }
     if let Some(code) = aws_sdk_kms::types::ConnectionErrorCodeType::values()
         .iter()
-        .find(|code| camel(code) == reason)
+        .find(|code| camel_reason(code) == reason)
     {
         return Some(connection_error_class(code));
     }

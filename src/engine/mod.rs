@@ -36,7 +36,7 @@ use pass::{Conclusion, Pass};
 use std::future::Future;
 use std::time::Duration;
 
-pub use steps::StepError;
+pub use steps::{StepError, camel_reason};
 
 /// Tunables of the engine.
 #[derive(Clone, Debug)]
@@ -482,23 +482,8 @@ impl<K: KeyStores, P: ProxyProbe> Engine<K, P> {
             }
             Decision::Blocked { message } => {
                 if let Some(wait) = rollback_retry_wait(pass.status, &pass.now()) {
-                    let due = pass
-                        .status
-                        .retry
-                        .as_ref()
-                        .map(|r| r.next_attempt_at.clone())
-                        .unwrap_or_default();
-                    return done(
-                        pass.conclude(Conclusion::new(
-                            Summary::Progressing,
-                            "RolledBack",
-                            format!(
-                                "{message}; the cause can pass: the change is tried again at {due}"
-                            ),
-                            Outcome::Requeue(wait),
-                        ))
-                        .await,
-                    );
+                    let end = retried_after_rollback(pass.status, &message, wait);
+                    return done(pass.conclude(end).await);
                 }
                 // Keep the reason the change failed with, so it stays visible.
                 let reason = conditions::get(pass.status, conditions::STALLED)
@@ -769,23 +754,8 @@ impl<K: KeyStores, P: ProxyProbe> Engine<K, P> {
                     .retry
                     .delay_after_rollback(op.transient_rollbacks);
                 pass.record_retry(None, ROLLED_BACK, &message, 0, delay);
-                let due = pass
-                    .status
-                    .retry
-                    .as_ref()
-                    .map(|r| r.next_attempt_at.clone())
-                    .unwrap_or_default();
-                return done(
-                    pass.conclude(Conclusion::new(
-                        Summary::Progressing,
-                        ROLLED_BACK,
-                        format!(
-                            "{message}; the cause can pass: the change is tried again at {due}"
-                        ),
-                        Outcome::Requeue(delay),
-                    ))
-                    .await,
-                );
+                let end = retried_after_rollback(pass.status, &message, delay);
+                return done(pass.conclude(end).await);
             }
             let message = format!(
                 "{}; rolled back: the store is connected at the previous location. Fix the new proxy, then change the spec or request a reconcile to try again",
@@ -889,6 +859,25 @@ impl<K: KeyStores, P: ProxyProbe> Engine<K, P> {
 
 /// Reason of a rollback's conclusion, and of its pending retry.
 const ROLLED_BACK: &str = "RolledBack";
+
+/// A change rolled back after failures that can pass, tried again by
+/// itself when the retry recorded in `status` is due (in `wait`).
+fn retried_after_rollback(
+    status: &ExternalKeyStoreStatus,
+    message: &str,
+    wait: Duration,
+) -> Conclusion {
+    let due = status
+        .retry
+        .as_ref()
+        .map_or("", |r| r.next_attempt_at.as_str());
+    Conclusion::new(
+        Summary::Progressing,
+        ROLLED_BACK,
+        format!("{message}; the cause can pass: the change is tried again at {due}"),
+        Outcome::Requeue(wait),
+    )
+}
 
 /// How long until a change rolled back after failures that can pass is
 /// tried again; `None` when it is due (or none is pending). Only a
