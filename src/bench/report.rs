@@ -247,9 +247,11 @@ impl Report {
                     format!(
                         "{}: {} throttled, {} reached the engine, {:.2} × its minimum",
                         if t.config.contains("standard retry") {
-                            "standard retry"
+                            "SDK standard retry"
+                        } else if t.config.contains("adaptive retry") {
+                            "SDK adaptive retry"
                         } else {
-                            "adaptive retry (`run`)"
+                            "each call once, the engine retries (`run`)"
                         },
                         t.throttled_by_kms,
                         t.throttles_seen_by_engine,
