@@ -13,11 +13,14 @@ use xks_emulator::config::{
 use xks_emulator::xks_proxy::{KeyManagerHealth, ProxyFaults};
 use xks_operator::api::{ExternalKeyStoreStatus, OperationPhase, StepName, StepState};
 use xks_operator::cli::settle;
+use xks_operator::controller::describe_cache::DescribeCache;
 use xks_operator::controller::status::without_timestamps;
 use xks_operator::engine::conditions;
-use xks_operator::engine::{Outcome, Request};
+use xks_operator::engine::{Engine, Outcome, Request};
+use xks_operator::kms::aws::AwsKeyStores;
 use xks_operator::kms::{CreateStore, KeyStores};
 use xks_operator::model::{ConnectionState, Connectivity, ProxyConfig, ProxyCredential};
+use xks_operator::xks::probe::{HttpProxyProbe, ProbeOptions};
 
 #[tokio::test]
 async fn creates_and_connects_a_new_store() {
@@ -62,6 +65,82 @@ async fn adopts_an_existing_store_by_name_without_creating_another() {
     assert!(step_names(&status).contains(&StepName::Connect));
     assert_eq!(kms_view(&h).await.len(), 1);
     assert_eq!(calls(&h, "CreateCustomKeyStore"), 1);
+}
+
+/// The describe cache (as `run` uses it) trusts a listing's miss of a
+/// name. A store of that name made elsewhere after the listing was taken is
+/// found by KMS's answer to the create, and adopted: no second store, no
+/// stall.
+#[tokio::test]
+async fn a_store_made_after_the_listing_was_taken_is_adopted_when_the_create_finds_its_name_taken()
+{
+    let h = harness().await;
+    let kms = DescribeCache::new(
+        AwsKeyStores::for_endpoint(&h.emu.kms_endpoint(), "us-east-1"),
+        Duration::from_secs(60),
+    );
+    let probe = HttpProxyProbe::new(ProbeOptions {
+        resolve: h.emu.proxy_resolve_map(),
+        timeout: Duration::from_secs(2),
+        ..ProbeOptions::default()
+    })
+    .expect("probe");
+    let cached = Engine::new(kms, probe, "us-east-1", fast_options());
+    assert!(cached.kms.describe_all().await.expect("listing").is_empty());
+    let made_elsewhere = h
+        .engine
+        .kms
+        .create(&CreateStore {
+            name: "payments".into(),
+            proxy: ProxyConfig {
+                connectivity: Connectivity::PublicEndpoint,
+                uri_endpoint: PRIMARY.into(),
+                uri_path: PATH.into(),
+                vpc_endpoint_service_name: None,
+                vpc_endpoint_service_owner: None,
+                access_key_id: DEMO_ACCESS_KEY_ID.into(),
+            },
+            credential: credential(),
+        })
+        .await
+        .expect("a store made outside the operator");
+
+    let res = public(PRIMARY);
+    let mut status = ExternalKeyStoreStatus::default();
+    let mut sink = Recorder::default();
+    let req = request(&res, credential());
+    let outcome = settle(
+        &cached,
+        &req,
+        &mut status,
+        &mut sink,
+        Duration::from_secs(30),
+    )
+    .await
+    .expect("settles");
+
+    assert_eq!(outcome, Outcome::InSync);
+    assert_eq!(
+        status.key_store_id.as_deref(),
+        Some(made_elsewhere.as_str())
+    );
+    assert_eq!(kms_view(&h).await.len(), 1);
+    assert_eq!(
+        calls(&h, "CreateCustomKeyStore"),
+        2,
+        "the refused create included"
+    );
+    let adopted = format!("adopted store {made_elsewhere} already in KMS under this name");
+    let said = sink.writes.iter().any(|w| {
+        w.operation.as_ref().is_some_and(|o| {
+            o.steps.iter().any(|st| {
+                st.name == StepName::Create
+                    && st.state == StepState::Succeeded
+                    && st.message.as_deref() == Some(adopted.as_str())
+            })
+        })
+    });
+    assert!(said, "no Create step said: {adopted}");
 }
 
 #[tokio::test]

@@ -106,6 +106,9 @@ pub fn camel_reason(code: &str) -> String {
     }
 }
 
+/// KMS's answer to a create whose name another store holds.
+const NAME_IN_USE: &str = "CustomKeyStoreNameInUseException";
+
 pub(super) enum StepResult {
     Done(String),
     /// KMS is transitioning; look again later.
@@ -381,16 +384,9 @@ impl<K: KeyStores, P: ProxyProbe> StepRun<'_, K, P> {
                 Some(seen) if self.desired.pinned_id.is_none() => Ok(seen),
                 _ => self.engine.kms.describe_by_name(&self.desired.name).await,
             };
-            match lookup.map(|found| found.filter(|s| s.name == self.desired.name)) {
-                Ok(Some(store)) => {
-                    record_observation(pass.status, Some(&store));
-                    return Ok(StepResult::Done(format!(
-                        "adopted store {} made by an earlier attempt whose answer was lost",
-                        store.id
-                    )));
-                }
-                Ok(None) => {}
-                Err(e) => return Ok(kms_failed(&e)),
+            let why = "made by an earlier attempt whose answer was lost";
+            if let Some(adopted) = self.adopt(pass, lookup, why) {
+                return Ok(adopted);
             }
         }
         self.begin_call(pass, "creating the store").await?;
@@ -409,7 +405,40 @@ impl<K: KeyStores, P: ProxyProbe> StepRun<'_, K, P> {
                 status.credential_fingerprint = Some(self.desired.credential_fingerprint.clone());
                 Ok(StepResult::Done(format!("created store {id}")))
             }
+            // KMS keeps names unique per account and Region, so the name is
+            // held by a store younger than the listing the observation came
+            // from (the describe cache trusts a listing's miss; KMS decides
+            // here, where a race would be lost anyway). The lookup is fresh:
+            // the create made this name stale in the cache.
+            Err(e) if e.code() == Some(NAME_IN_USE) => {
+                let lookup = self.engine.kms.describe_by_name(&self.desired.name).await;
+                Ok(self
+                    .adopt(pass, lookup, "already in KMS under this name")
+                    .unwrap_or_else(|| kms_failed(&e)))
+            }
             Err(e) => Ok(kms_failed(&e)),
+        }
+    }
+
+    /// The store `lookup` found under the desired name, recorded as this
+    /// resource's, as observing it by name would have; `None` when none
+    /// was found.
+    fn adopt<S: StatusSink>(
+        &self,
+        pass: &mut Pass<'_, S>,
+        lookup: Result<Option<ObservedStore>, KmsError>,
+        why: &str,
+    ) -> Option<StepResult> {
+        match lookup.map(|found| found.filter(|s| s.name == self.desired.name)) {
+            Ok(Some(store)) => {
+                record_observation(pass.status, Some(&store));
+                Some(StepResult::Done(format!(
+                    "adopted store {} {why}",
+                    store.id
+                )))
+            }
+            Ok(None) => None,
+            Err(e) => Some(kms_failed(&e)),
         }
     }
 
