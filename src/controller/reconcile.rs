@@ -4,8 +4,9 @@
 
 use super::status::StatusWriter;
 use super::{Backend, Context, health, parse_duration, secrets};
-use crate::api::ExternalKeyStoreStatus;
-use crate::api::{DeletionPolicy, ExternalKeyStore, FINALIZER, FLUX_REQUESTED_AT};
+use crate::api::{
+    DeletionPolicy, ExternalKeyStore, ExternalKeyStoreStatus, FINALIZER, FLUX_REQUESTED_AT,
+};
 use crate::claims::Scope;
 use crate::engine::conditions::{self, STALLED, Summary};
 use crate::engine::{Clock, EngineError, Outcome, Request, SinkError, StatusSink, SystemClock};
