@@ -20,7 +20,6 @@ use xks_operator::engine::{Engine, Outcome, Request};
 use xks_operator::kms::aws::AwsKeyStores;
 use xks_operator::kms::{CreateStore, KeyStores};
 use xks_operator::model::{ConnectionState, Connectivity, ProxyConfig, ProxyCredential};
-use xks_operator::xks::probe::{HttpProxyProbe, ProbeOptions};
 
 #[tokio::test]
 async fn creates_and_connects_a_new_store() {
@@ -42,8 +41,19 @@ async fn creates_and_connects_a_new_store() {
 #[tokio::test]
 async fn adopts_an_existing_store_by_name_without_creating_another() {
     let h = harness().await;
-    let id = h
-        .engine
+    let id = payments_made_outside_the_operator(&h).await;
+    let (_, status) = created(&h).await;
+    assert_eq!(status.key_store_id.as_deref(), Some(id.as_str()));
+    // The secret of an adopted store is unknown: pushed once, online.
+    assert!(step_names(&status).contains(&StepName::Connect));
+    assert_eq!(kms_view(&h).await.len(), 1);
+    assert_eq!(calls(&h, "CreateCustomKeyStore"), 1);
+}
+
+/// A store named "payments" at the primary proxy, made directly in KMS
+/// (as by the console): its id.
+async fn payments_made_outside_the_operator(h: &Harness) -> String {
+    h.engine
         .kms
         .create(&CreateStore {
             name: "payments".into(),
@@ -58,13 +68,7 @@ async fn adopts_an_existing_store_by_name_without_creating_another() {
             credential: credential(),
         })
         .await
-        .expect("pre-existing store");
-    let (_, status) = created(&h).await;
-    assert_eq!(status.key_store_id.as_deref(), Some(id.as_str()));
-    // The secret of an adopted store is unknown: pushed once, online.
-    assert!(step_names(&status).contains(&StepName::Connect));
-    assert_eq!(kms_view(&h).await.len(), 1);
-    assert_eq!(calls(&h, "CreateCustomKeyStore"), 1);
+        .expect("a store made outside the operator")
 }
 
 /// The describe cache (as `run` uses it) trusts a listing's miss of a
@@ -79,31 +83,9 @@ async fn a_store_made_after_the_listing_was_taken_is_adopted_when_the_create_fin
         AwsKeyStores::for_endpoint(&h.emu.kms_endpoint(), "us-east-1"),
         Duration::from_secs(60),
     );
-    let probe = HttpProxyProbe::new(ProbeOptions {
-        resolve: h.emu.proxy_resolve_map(),
-        timeout: Duration::from_secs(2),
-        ..ProbeOptions::default()
-    })
-    .expect("probe");
-    let cached = Engine::new(kms, probe, "us-east-1", fast_options());
+    let cached = Engine::new(kms, probe_of(&h), "us-east-1", fast_options());
     assert!(cached.kms.describe_all().await.expect("listing").is_empty());
-    let made_elsewhere = h
-        .engine
-        .kms
-        .create(&CreateStore {
-            name: "payments".into(),
-            proxy: ProxyConfig {
-                connectivity: Connectivity::PublicEndpoint,
-                uri_endpoint: PRIMARY.into(),
-                uri_path: PATH.into(),
-                vpc_endpoint_service_name: None,
-                vpc_endpoint_service_owner: None,
-                access_key_id: DEMO_ACCESS_KEY_ID.into(),
-            },
-            credential: credential(),
-        })
-        .await
-        .expect("a store made outside the operator");
+    let made_elsewhere = payments_made_outside_the_operator(&h).await;
 
     let res = public(PRIMARY);
     let mut status = ExternalKeyStoreStatus::default();
@@ -728,12 +710,8 @@ async fn deletion_needs_no_credential_and_waits_while_suspended() {
     ));
     let mut suspended = status.clone();
     let req = Request {
-        resource: &res,
-        credential: missing.clone(),
-        approved: false,
         deleting: true,
-        requested_at: None,
-        rivals: Vec::new(),
+        ..Request::alone(&res, missing.clone())
     };
     let outcome = settle(
         &h.engine,
@@ -749,12 +727,8 @@ async fn deletion_needs_no_credential_and_waits_while_suspended() {
 
     res.spec.suspend = false;
     let req = Request {
-        resource: &res,
-        credential: missing,
-        approved: false,
         deleting: true,
-        requested_at: None,
-        rivals: Vec::new(),
+        ..Request::alone(&res, missing)
     };
     let mut deleting = status.clone();
     let outcome = settle(

@@ -339,14 +339,7 @@ async fn settle(
 ) -> Option<Outcome> {
     let deadline = Instant::now() + limit;
     let credential = ProxyCredential::new(DEMO_ACCESS_KEY_ID, DEMO_SECRET);
-    let req = Request {
-        resource: res,
-        credential: Ok(credential),
-        approved: false,
-        deleting: false,
-        requested_at: None,
-        rivals: Vec::new(),
-    };
+    let req = Request::alone(res, Ok(credential));
     loop {
         let outcome = {
             let _worker = workers.acquire().await.ok()?;

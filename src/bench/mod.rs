@@ -489,14 +489,7 @@ fn credential() -> ProxyCredential {
 }
 
 fn request(res: &ExternalKeyStore) -> Request<'_> {
-    Request {
-        resource: res,
-        credential: Ok(credential()),
-        approved: false,
-        deleting: false,
-        requested_at: None,
-        rivals: Vec::new(),
-    }
+    Request::alone(res, Ok(credential()))
 }
 
 fn probe(emu: &EmulatorProcess) -> anyhow::Result<HttpProxyProbe> {

@@ -448,12 +448,8 @@ impl Soak {
         let declared = lock(&member.declared).clone();
         let mut status = lock(&member.persisted).clone();
         let request = Request {
-            resource: &declared.resource,
-            credential: Ok(declared.credential.clone()),
-            approved: false,
-            deleting: false,
             requested_at: declared.requested_at.clone(),
-            rivals: Vec::new(),
+            ..Request::alone(&declared.resource, Ok(declared.credential.clone()))
         };
         let mut pick =
             |p: f64| (chaos && rng.random_bool(p)).then(|| rng.random_range(0..WRITES_PICKED));

@@ -177,14 +177,7 @@ async fn apply(
 ) -> anyhow::Result<Outcome> {
     let mut sink = LiveTable::new(store.metadata.name.clone().unwrap_or_default(), false)
         .start_with(status.clone());
-    let request = Request {
-        resource: store,
-        credential: manifests.credential_for(store),
-        approved: false,
-        deleting: false,
-        requested_at: None,
-        rivals: Vec::new(),
-    };
+    let request = Request::alone(store, manifests.credential_for(store));
     let outcome = settle(engine, &request, status, &mut sink, SETTLE).await?;
     if let Some(op) = &status.operation {
         println!();

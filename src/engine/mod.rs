@@ -116,6 +116,25 @@ pub struct Request<'a> {
     pub rivals: Vec<Claimant>,
 }
 
+impl<'a> Request<'a> {
+    /// `resource` as the only resource naming its store, not approved, not
+    /// being deleted, no reconcile requested: the rest is set by the caller
+    /// that knows better (struct update syntax).
+    pub fn alone(
+        resource: &'a ExternalKeyStore,
+        credential: Result<ProxyCredential, CredentialError>,
+    ) -> Self {
+        Self {
+            resource,
+            credential,
+            approved: false,
+            deleting: false,
+            requested_at: None,
+            rivals: Vec::new(),
+        }
+    }
+}
+
 /// What the caller should do next.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {

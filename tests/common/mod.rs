@@ -189,14 +189,7 @@ impl Recorder {
 }
 
 pub fn request(res: &ExternalKeyStore, credential: ProxyCredential) -> Request<'_> {
-    Request {
-        resource: res,
-        credential: Ok(credential),
-        approved: false,
-        deleting: false,
-        requested_at: None,
-        rivals: Vec::new(),
-    }
+    Request::alone(res, Ok(credential))
 }
 
 pub async fn converge(
@@ -297,13 +290,17 @@ pub async fn engine_as(
     let kms = AwsKeyStores::new(&base, region, role)
         .await
         .without_rate_limit();
-    let probe = HttpProxyProbe::new(ProbeOptions {
+    Engine::new(kms, probe_of(h), region, fast_options()).in_account(role.and_then(|r| r.account()))
+}
+
+/// A proxy probe that reaches `h`'s emulated proxies.
+pub fn probe_of(h: &Harness) -> HttpProxyProbe {
+    HttpProxyProbe::new(ProbeOptions {
         resolve: h.emu.proxy_resolve_map(),
         timeout: Duration::from_secs(2),
         ..ProbeOptions::default()
     })
-    .expect("probe");
-    Engine::new(kms, probe, region, fast_options()).in_account(role.and_then(|r| r.account()))
+    .expect("probe")
 }
 
 /// The engine's waits at test speed: polls every 20 ms, retries after
